@@ -1,6 +1,6 @@
 """The ``teegate`` command tree.
 
-Each area keeps its own commands in a ``_cli`` module exposing a click command or group;
+Each command group lives in ``teegate/commands/<group>.py`` as a click command or group;
 they are imported lazily so ``teegate --help`` stays fast and one area's imports never slow
 another's command. Add an area by adding one line to ``_COMMANDS``.
 """
@@ -18,8 +18,13 @@ __all__ = ["main"]
 
 # command name -> "module:attribute" of a click.Command
 _COMMANDS: dict[str, str] = {
-    "quote": "teegate.dcap._cli:quote",
-    "sim": "teegate.sim._cli:sim",
+    "aesm": "teegate.commands.aesm:aesm",
+    "host": "teegate.commands.host:host",
+    "k8s": "teegate.commands.k8s:k8s",
+    "qgs": "teegate.commands.qgs:qgs",
+    "quote": "teegate.commands.quote:quote",
+    "register": "teegate.commands.register:register_command",
+    "sim": "teegate.commands.sim:sim",
 }
 
 

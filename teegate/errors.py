@@ -17,6 +17,7 @@ __all__ = [
     "EvidenceError",
     "ParseError",
     "PolicyDenied",
+    "StorageUnavailable",
     "TeegateError",
     "VerificationError",
 ]
@@ -81,3 +82,9 @@ class PolicyDenied(TeegateError):
 
 class ConfigError(TeegateError):
     """The configuration is invalid; raised at start, never per request."""
+
+
+class StorageUnavailable(CollateralUnavailable):
+    """The KBS store (SQLite, PostgreSQL, Vault, a directory) could not be read or written now."""
+
+    http_status = 503

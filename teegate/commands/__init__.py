@@ -1,0 +1,1 @@
+"""Click command modules, one per command group, loaded lazily by teegate.cli."""

@@ -1,0 +1,1 @@
+"""Host readiness checks for TDX/SGX (``teegate host check``)."""

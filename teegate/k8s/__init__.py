@@ -1,0 +1,1 @@
+"""Kubernetes integration: device plugin, admission webhook, KubeVirt TDX hook, KbsConfig operator."""

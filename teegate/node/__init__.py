@@ -1,0 +1,1 @@
+"""Node services: QGS (TDX), AESM quote helper (SGX), PCCS, platform registration."""

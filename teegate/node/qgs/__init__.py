@@ -1,0 +1,1 @@
+"""TDX Quote Generation Service (QGS): protocol, server, QEMU-compatible client, backends."""
