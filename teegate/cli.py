@@ -19,8 +19,11 @@ __all__ = ["main"]
 # command name -> "module:attribute" of a click.Command
 _COMMANDS: dict[str, str] = {
     "aesm": "teegate.commands.aesm:aesm",
+    "collateral": "teegate.commands.collateral:collateral",
     "host": "teegate.commands.host:host",
     "k8s": "teegate.commands.k8s:k8s",
+    "kbs": "teegate.commands.kbs:kbs",
+    "pccs": "teegate.commands.pccs:pccs",
     "qgs": "teegate.commands.qgs:qgs",
     "quote": "teegate.commands.quote:quote",
     "register": "teegate.commands.register:register_command",

@@ -15,10 +15,19 @@ from teegate.kbs.admin_client import (
     DEFAULT_KBS_URL,
     SAMPLE_RESOURCE_POLICIES,
     AdminClient,
+    AdminRequestFailed,
     sample_reference_value,
 )
 from teegate.kbs.paths import admin_token_path, default_data_dir
-from teegate.kbs.storage.base import MAX_POLICY_BYTES, MAX_RESOURCE_BYTES, InvalidName, ResourcePath
+from teegate.kbs.policy import RESOURCE_BUILTINS, builtin_policy_text
+from teegate.kbs.storage.base import (
+    MAX_POLICY_BYTES,
+    MAX_RESOURCE_BYTES,
+    InvalidName,
+    PolicyKind,
+    ResourcePath,
+    validate_policy_id,
+)
 
 __all__ = ["admin"]
 
@@ -71,16 +80,45 @@ def _find_token(
     ) + "); sending anonymous requests"
 
 
+class _Client(AdminClient):
+    """AdminClient plus teegate's own admin endpoints (not in kbs-client)."""
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def list_attestation_policies(self) -> list[str]:
+        """Stored and built-in attestation policy ids (teegate)."""
+        return self._string_list(self._send("GET", "/kbs/v0/attestation-policy"), "policy list")
+
+    def get_attestation_policy(self, policy_id: str) -> str:
+        """An attestation policy's Rego text (teegate)."""
+        validate_policy_id(policy_id)
+        raw = self._send("GET", f"/kbs/v0/attestation-policy/{policy_id}")
+        return raw.decode("utf-8", "replace")
+
+    def recent_denials(self, limit: int) -> list[dict[str, Any]]:
+        """Recent denied requests, newest first (teegate: GET /kbs/v0/admin/denials)."""
+        raw = self._send("GET", f"/kbs/v0/admin/denials?limit={limit}")
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise AdminRequestFailed("GET", "denials", 200, None, "denials answer is not JSON") from None
+        denials = document.get("denials") if isinstance(document, dict) else None
+        if not isinstance(denials, list) or not all(isinstance(d, dict) for d in denials):
+            raise AdminRequestFailed("GET", "denials", 200, None, "denials answer has no 'denials' list")
+        return denials
+
+
 class _Ctx:
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         self.json = bool(options["as_json"])
 
-    def client(self) -> AdminClient:
+    def client(self) -> _Client:
         o = self.options
         token, source = _find_token(o["admin_token_file"], o["admin_key"], o["data_dir"], o["role"])
         click.echo(f"teegate kbs admin: {o['url']}, admin token: {source}", err=True)
-        return AdminClient(o["url"], token=token, cert_file=o["cert_file"], timeout=o["timeout"])
+        return _Client(o["url"], token=token, cert_file=o["cert_file"], timeout=o["timeout"])
 
     def done(self, message: str, **fields: Any) -> None:
         if self.json:
@@ -172,27 +210,59 @@ def list_resources(obj: _Ctx) -> None:
 @click.option(
     "--affirming", is_flag=True, help="Release only when every submodule's ear.status is affirming."
 )
+@click.option(
+    "--default",
+    "default",
+    is_flag=True,
+    help="teegate's default (every submodule affirming). Unlike kbs-client's --default, not deny-all.",
+)
+@click.option(
+    "--builtin",
+    type=click.Choice(sorted(RESOURCE_BUILTINS)),
+    help="Upload one of teegate's built-in resource policies by name (trustee-default: Trustee's).",
+)
 @click.pass_obj
 def set_resource_policy(
-    obj: _Ctx, policy_file: Path | None, allow_all: bool, deny_all: bool, affirming: bool
+    obj: _Ctx,
+    /,
+    *,
+    policy_file: Path | None,
+    allow_all: bool,
+    deny_all: bool,
+    affirming: bool,
+    default: bool,
+    builtin: str | None,
 ) -> None:
     """Replace the resource policy."""
     chosen = [
         name
-        for name, on in (("allow-all", allow_all), ("deny-all", deny_all), ("affirming", affirming))
+        for name, on in (
+            ("allow-all", allow_all),
+            ("deny-all", deny_all),
+            ("affirming", affirming),
+            ("default", default),
+        )
         if on
     ]
+    if builtin is not None:
+        chosen.append(f"builtin:{builtin}")
     if len(chosen) + (policy_file is not None) != 1:
-        raise click.UsageError("give exactly one of --policy-file, --allow-all, --deny-all, --affirming")
+        raise click.UsageError(
+            "give exactly one of --policy-file, --allow-all, --deny-all, --affirming, --default, --builtin"
+        )
     if policy_file is not None:
         policy, source = _read_file(policy_file, MAX_POLICY_BYTES, "policy file"), str(policy_file)
-    else:
+    elif chosen[0] in SAMPLE_RESOURCE_POLICIES:
         policy, source = SAMPLE_RESOURCE_POLICIES[chosen[0]].encode(), f"built-in {chosen[0]}"
+    else:
+        name = chosen[0].removeprefix("builtin:")
+        policy, source = builtin_policy_text(PolicyKind.RESOURCE, name).encode(), f"built-in {name}"
     with obj.client() as client:
         client.set_resource_policy(policy)
-    if chosen == ["allow-all"]:
+    if chosen in (["allow-all"], ["builtin:allow-all"], ["builtin:dev"]):
         click.echo(
-            "warning: the resource policy now releases every resource to any attested client", err=True
+            "warning: the resource policy now releases resources to clients whose evidence is not affirming",
+            err=True,
         )
     obj.done(f"set resource policy ({source})", policy=source)
 
@@ -208,6 +278,77 @@ def list_policies(obj: _Ctx) -> None:
     else:
         for item in ids:
             click.echo(item)
+
+
+@admin.command("list-attestation-policies")
+@click.pass_obj
+def list_attestation_policies(obj: _Ctx) -> None:
+    """List attestation policy ids, stored and built-in (teegate KBS)."""
+    with obj.client() as client:
+        ids = client.list_attestation_policies()
+    if obj.json:
+        click.echo(json.dumps(ids))
+    else:
+        for item in ids:
+            click.echo(item)
+
+
+@admin.command("get-attestation-policy")
+@click.option("--id", "policy_id", default="default_cpu", show_default=True)
+@click.pass_obj
+def get_attestation_policy(obj: _Ctx, policy_id: str) -> None:
+    """Print an attestation policy's Rego text (teegate KBS)."""
+    with obj.client() as client:
+        text = client.get_attestation_policy(policy_id)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+def _print_denial(record: dict[str, Any]) -> None:
+    where = record.get("resource_path") or "-"
+    click.echo(
+        f"{record.get('time', '?')}  {where}  tee={record.get('tee') or '-'}  verdict={record.get('verdict')}"
+    )
+    click.echo(f"  policy:      {record.get('policy_id') or '-'}")
+    click.echo(f"  reason:      {record.get('reason') or '-'}")
+    if record.get("measurement"):
+        click.echo(f"  measurement: {record['measurement']}")
+    for reason in record.get("reasons") or []:
+        click.echo(f"  - {reason}")
+    claims = record.get("claims") or {}
+    submods = claims.get("submods") if isinstance(claims, dict) else None
+    if isinstance(submods, dict):
+        for name, submod in submods.items():
+            if not isinstance(submod, dict):
+                continue
+            vector = submod.get("ear.trustworthiness-vector") or {}
+            entries = ", ".join(f"{k}={v}" for k, v in vector.items()) if isinstance(vector, dict) else ""
+            click.echo(f"  {name}: {submod.get('ear.status')}  [{entries}]")
+    for tee, fields in claims.items() if isinstance(claims, dict) else ():
+        if tee in ("submods", "truncated") or not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            click.echo(f"  {tee}.{key} = {json.dumps(value)}")
+    if record.get("claims_digest"):
+        click.echo(f"  claims sha384: {record['claims_digest']}")
+
+
+@admin.command("explain-denials")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_obj
+def explain_denials(obj: _Ctx, limit: int) -> None:
+    """Show recent denied requests: which policy refused, and the claims and trust vector behind it."""
+    with obj.client() as client:
+        denials = client.recent_denials(limit)
+    if obj.json:
+        click.echo(json.dumps(denials, sort_keys=True))
+        return
+    if not denials:
+        click.echo("no recent denials")
+        return
+    for index, record in enumerate(denials):
+        if index:
+            click.echo("")
+        _print_denial(record)
 
 
 @admin.command("set-attestation-policy")

@@ -1,0 +1,1 @@
+"""teegate's built-in Rego policies (package data): attestation policies and resource policies."""

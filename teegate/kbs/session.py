@@ -1,0 +1,231 @@
+"""Handshake sessions sealed into the ``kbs-session-id`` cookie (no sticky sessions).
+
+The session state (TEE, nonce, hash, expiry and, after ``/attest``, the token claims) is
+compressed, encrypted and authenticated with AES-256-GCM under a key every replica shares, so
+any replica can serve any step of a handshake without a shared store. A client cannot read or
+change its session; a forged or expired cookie is refused. See
+docs/adr/0003-kbs-stateless-sessions.md for what this buys and what it does not (one-time use of
+a challenge across replicas).
+
+Key: ``TEEGATE_KBS_SESSION_KEY_FILE`` (or ``[session] key_file``), a file holding 32 bytes
+base64-encoded (what the operator's Secret mounts) or raw; without one, a random per-process key
+(one replica only; announced at start).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+import time
+import uuid
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from teegate.errors import ConfigError, EvidenceError
+from teegate.kbs.protocol import HashAlgorithm, Tee
+
+__all__ = [
+    "DEFAULT_SESSION_TIMEOUT_SECONDS",
+    "MAX_COOKIE_CHARS",
+    "MAX_SESSION_STATE_BYTES",
+    "SESSION_COOKIE",
+    "SESSION_KEY_ENV",
+    "ChallengeLedger",
+    "SessionError",
+    "SessionSealer",
+    "SessionState",
+    "load_session_key",
+]
+
+SESSION_COOKIE: Final = "kbs-session-id"
+SESSION_KEY_ENV: Final = "TEEGATE_KBS_SESSION_KEY_FILE"
+DEFAULT_SESSION_TIMEOUT_SECONDS: Final = 300
+#: Longest cookie value accepted (and produced).
+MAX_COOKIE_CHARS: Final = 16 * 1024
+#: Largest decompressed session state.
+MAX_SESSION_STATE_BYTES: Final = 256 * 1024
+#: Most challenges remembered per process for one-time use.
+MAX_LEDGER_ENTRIES: Final = 200_000
+_KEY_BYTES: Final = 32
+_MAX_KEY_FILE_BYTES: Final = 4096
+_VERSION: Final = "v1"
+_AAD: Final = b"teegate-kbs-session-v1"
+
+
+class SessionError(EvidenceError):
+    """The session cookie is missing, forged, expired or in the wrong state."""
+
+    http_status = 401
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a session remembers between ``/auth``, ``/attest`` and resource requests."""
+
+    id: str
+    tee: Tee
+    nonce: str
+    hash_algorithm: HashAlgorithm
+    expires_at: int
+    claims: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def new(
+        cls, tee: Tee, nonce: str, hash_algorithm: HashAlgorithm, *, now: float, timeout: int
+    ) -> SessionState:
+        """A fresh ``Authed`` session expiring ``timeout`` seconds after ``now``."""
+        return cls(uuid.uuid4().hex, tee, nonce, hash_algorithm, int(now) + timeout)
+
+    @property
+    def attested(self) -> bool:
+        """Whether ``/attest`` succeeded on this session."""
+        return self.claims is not None
+
+    def with_claims(self, claims: dict[str, Any]) -> SessionState:
+        """The ``Attested`` successor (same id, nonce and expiry: Trustee does not extend it)."""
+        return SessionState(self.id, self.tee, self.nonce, self.hash_algorithm, self.expires_at, claims)
+
+    def set_cookie_header(self, value: str, *, secure: bool) -> str:
+        """The ``Set-Cookie`` value for this session."""
+        expires = formatdate(self.expires_at, usegmt=True)
+        attrs = f"{SESSION_COOKIE}={value}; Expires={expires}; Path=/kbs/v0; HttpOnly; SameSite=Strict"
+        return attrs + ("; Secure" if secure else "")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class SessionSealer:
+    """Seals and opens :class:`SessionState` cookies with AES-256-GCM."""
+
+    def __init__(self, key: bytes, *, ephemeral: bool = False) -> None:
+        if len(key) != _KEY_BYTES:
+            raise ConfigError(f"session key must be {_KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        #: True when the key is random per process (single replica only).
+        self.ephemeral = ephemeral
+
+    @classmethod
+    def generate(cls) -> SessionSealer:
+        """A sealer with a random key (one process only)."""
+        return cls(secrets.token_bytes(_KEY_BYTES), ephemeral=True)
+
+    def seal(self, state: SessionState) -> str:
+        """The cookie value for ``state``."""
+        payload: dict[str, Any] = {
+            "id": state.id,
+            "tee": state.tee.value,
+            "nonce": state.nonce,
+            "hash": state.hash_algorithm.value,
+            "exp": state.expires_at,
+        }
+        if state.claims is not None:
+            payload["claims"] = state.claims
+        plain = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 6)
+        iv = secrets.token_bytes(12)
+        value = f"{_VERSION}.{_b64url(iv + self._aead.encrypt(iv, plain, _AAD))}"
+        if len(value) > MAX_COOKIE_CHARS:
+            raise SessionError(
+                f"session state of {len(value)} characters exceeds the {MAX_COOKIE_CHARS}-character cookie "
+                "limit; use the returned token as a Bearer token"
+            )
+        return value
+
+    def open(self, value: str | None, *, now: float) -> SessionState:
+        """The state sealed in cookie ``value``; raises :class:`SessionError` naming what is wrong."""
+        if not value:
+            raise SessionError(f"no {SESSION_COOKIE} cookie; call /kbs/v0/auth first")
+        if len(value) > MAX_COOKIE_CHARS:
+            raise SessionError(f"{SESSION_COOKIE} cookie longer than {MAX_COOKIE_CHARS} characters")
+        version, _, body = value.partition(".")
+        if version != _VERSION:
+            raise SessionError(f"{SESSION_COOKIE} cookie is not a session issued by this KBS")
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            if len(raw) < 12 + 16:
+                raise ValueError("too short")
+            plain = self._aead.decrypt(raw[:12], raw[12:], _AAD)
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(plain, MAX_SESSION_STATE_BYTES)
+            if inflater.unconsumed_tail:
+                raise ValueError("state too large")
+            payload = json.loads(data)
+            state = SessionState(
+                id=str(payload["id"]),
+                tee=Tee(payload["tee"]),
+                nonce=str(payload["nonce"]),
+                hash_algorithm=HashAlgorithm(payload["hash"]),
+                expires_at=int(payload["exp"]),
+                claims=payload.get("claims"),
+            )
+        except (binascii.Error, ValueError, InvalidTag, zlib.error, KeyError, TypeError):
+            raise SessionError(
+                f"{SESSION_COOKIE} cookie does not authenticate (forged, corrupted, or sealed with another "
+                "replica's key)"
+            ) from None
+        if now >= state.expires_at:
+            raise SessionError(
+                f"session expired at {state.expires_at} (now {int(now)}); call /kbs/v0/auth again"
+            )
+        return state
+
+
+def load_session_key(path: Path | None = None) -> SessionSealer:
+    """The sealer for the key at ``path`` (else ``$TEEGATE_KBS_SESSION_KEY_FILE``), else an ephemeral key."""
+    if path is None:
+        env = os.environ.get(SESSION_KEY_ENV)
+        path = Path(env) if env else None
+    if path is None:
+        return SessionSealer.generate()
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read session key {path}: {exc.strerror}") from None
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"session key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes")
+    if len(data) == _KEY_BYTES:
+        return SessionSealer(data)
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"session key file {path} must hold 32 bytes, raw or base64") from None
+    if len(key) != _KEY_BYTES:
+        raise ConfigError(f"session key file {path} decodes to {len(key)} bytes; need {_KEY_BYTES}")
+    return SessionSealer(key)
+
+
+class ChallengeLedger:
+    """Per-process memory of consumed challenges: a session id mints at most one token here.
+
+    Across replicas the sealed cookie alone cannot enforce one-time use (ADR 0003); the
+    binding of the evidence to the TEE key is what keeps a replayed attestation useless.
+    """
+
+    def __init__(self, max_entries: int = MAX_LEDGER_ENTRIES) -> None:
+        self._used: OrderedDict[str, int] = OrderedDict()
+        self._max = max_entries
+
+    def consume(self, session_id: str, expires_at: int, *, now: float | None = None) -> bool:
+        """Mark ``session_id`` used; False if it already was (and has not expired)."""
+        instant = time.time() if now is None else now
+        while self._used:
+            oldest_id, oldest_exp = next(iter(self._used.items()))
+            if oldest_exp > instant and len(self._used) < self._max:
+                break
+            del self._used[oldest_id]
+        if session_id in self._used:
+            return False
+        self._used[session_id] = expires_at
+        return True

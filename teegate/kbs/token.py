@@ -1,0 +1,223 @@
+"""EAR attestation tokens (shared/spec/kbs-protocol.md §3.5), signed and verified with joserfc.
+
+The token is a JWT signed ES256 by a P-256 key the KBS generates once and keeps under its data
+directory (``token-key.pem``, 0600), so every restart and every replica sharing the directory
+issues tokens the others verify. The header carries the public ``jwk`` (and ``x5c`` when a
+certificate is configured), as Trustee's attestation service does. Claims follow Trustee's EAR
+layout: ``submods.cpu0`` holds ``ear.status``, ``ear.trustworthiness-vector``,
+``ear.appraisal-policy-id`` and ``ear.veraison.annotated-evidence`` (the TEE's claims plus
+``report_data``, ``init_data``, ``init_data_claims`` and ``runtime_data_claims`` whose
+``tee-pubkey`` is the key resources are encrypted to).
+
+Bearer tokens are verified against trust anchors only: this KBS's own key plus configured PEM
+public keys; a token's header ``jwk`` is trusted only when it *is* one of them (or when the
+insecure ``insecure_header_jwk`` option is on).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from teegate.errors import ConfigError, EvidenceError
+from teegate.kbs.protocol import TeePubKey
+
+__all__ = [
+    "DEFAULT_TOKEN_TTL_SECONDS",
+    "EAR_PROFILE",
+    "MAX_TOKEN_CHARS",
+    "TOKEN_KEY_FILENAME",
+    "TokenError",
+    "TokenSigner",
+    "TokenVerifier",
+    "ear_claims",
+    "extract_tee_pubkey",
+    "load_or_create_token_key",
+]
+
+EAR_PROFILE: Final = "tag:github.com,2024:confidential-containers/Trustee"
+TOKEN_KEY_FILENAME: Final = "token-key.pem"  # noqa: S105 - a file name
+DEFAULT_TOKEN_TTL_SECONDS: Final = 300
+#: Longest Bearer token examined.
+MAX_TOKEN_CHARS: Final = 128 * 1024
+_LEEWAY_SECONDS: Final = 60
+_ISSUER: Final = "teegate-kbs"
+_ALGS: Final = ["ES256"]
+
+#: Where Trustee looks for the TEE key in token claims, in order (T:kbs/src/token/mod.rs).
+_TEE_KEY_POINTERS: Final = (
+    ("submods", "cpu0", "ear.veraison.annotated-evidence", "runtime_data_claims", "tee-pubkey"),
+    ("tdx", "attester_runtime_data", "tee-pubkey"),
+    ("tdx", "attester_user_data", "tee-pubkey"),
+    ("customized_claims", "runtime_data", "tee-pubkey"),
+    ("tee-pubkey",),
+)
+
+
+class TokenError(EvidenceError):
+    """A token is missing, malformed, expired, or not signed by a trusted key."""
+
+    http_status = 401
+
+
+def ear_claims(
+    *,
+    submods: Mapping[str, Mapping[str, Any]],
+    now: int,
+    ttl_seconds: int = DEFAULT_TOKEN_TTL_SECONDS,
+    build: str = "teegate-kbs",
+) -> dict[str, Any]:
+    """The EAR claim set around ``submods`` (``cpu0`` → appraisal)."""
+    return {
+        "eat_profile": EAR_PROFILE,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "iss": _ISSUER,
+        "ear.verifier-id": {"developer": "https://github.com/teegate", "build": build},
+        "submods": {name: dict(sub) for name, sub in submods.items()},
+    }
+
+
+def _write_private(path: Path, data: bytes) -> bool:
+    """Create ``path`` (0600) with ``data`` unless it exists; True if this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def load_or_create_token_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The P-256 token key at ``path``; generated (PKCS#8 PEM, 0600) the first time."""
+    for _ in range(2):
+        if path.exists():
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes()[:65536], password=None)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ConfigError(f"token key {path}: cannot load: {exc}") from None
+            if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+                raise ConfigError(f"token key {path} must be an EC P-256 private key (ES256)")
+            return key
+        fresh = ec.generate_private_key(ec.SECP256R1())
+        pem = fresh.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        try:
+            if _write_private(path, pem):
+                return fresh
+        except OSError as exc:
+            raise ConfigError(f"cannot write token key {path}: {exc.strerror}") from None
+    raise ConfigError(f"token key {path}: could not be created or read")
+
+
+class TokenSigner:
+    """Signs EAR tokens with the KBS token key."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, *, x5c: Sequence[str] = ()) -> None:
+        self._key = ECKey.import_key(key)
+        self.public_jwk: dict[str, Any] = self._key.as_dict(private=False)
+        self.public_key = key.public_key()
+        self._header: dict[str, Any] = {"alg": "ES256", "typ": "JWT", "jwk": self.public_jwk}
+        if x5c:
+            self._header["x5c"] = list(x5c)
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        """The compact JWT for ``claims``."""
+        return jwt.encode(self._header, dict(claims), self._key, algorithms=_ALGS)
+
+
+def _thumb(jwk: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (jwk.get("kty"), jwk.get("crv"), jwk.get("x"), jwk.get("y"))
+
+
+class TokenVerifier:
+    """Verifies tokens against trusted public keys (the KBS's own key first)."""
+
+    def __init__(
+        self, trusted: Sequence[ec.EllipticCurvePublicKey], *, insecure_header_jwk: bool = False
+    ) -> None:
+        if not trusted and not insecure_header_jwk:
+            raise ConfigError("token verifier: no trusted keys")
+        self._keys = [ECKey.import_key(k) for k in trusted]
+        self._by_thumb = {_thumb(k.as_dict(private=False)): k for k in self._keys}
+        self.insecure_header_jwk = insecure_header_jwk
+
+    def verify(self, token: str, *, now: int) -> dict[str, Any]:
+        """The claims of ``token`` if its signature, ``exp`` and ``nbf`` check out."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise TokenError(f"token is empty or longer than {MAX_TOKEN_CHARS} characters")
+        if token.count(".") != 2:
+            raise TokenError("token is not a compact JWS")
+        try:
+            header_part = token.split(".", 1)[0]
+            header = json.loads(base64.urlsafe_b64decode(header_part + "=" * (-len(header_part) % 4)))
+        except ValueError:
+            raise TokenError("token header is not base64url JSON") from None
+        if not isinstance(header, dict) or header.get("alg") not in _ALGS:
+            raise TokenError(
+                f"token alg {header.get('alg') if isinstance(header, dict) else None!r}; only ES256"
+            )
+        candidates = list(self._keys)
+        jwk = header.get("jwk")
+        if isinstance(jwk, dict):
+            known = self._by_thumb.get(_thumb(jwk))
+            if known is not None:
+                candidates = [known]
+            elif self.insecure_header_jwk:
+                try:
+                    candidates = [ECKey.import_key(jwk)]
+                except (JoseError, ValueError, TypeError):
+                    raise TokenError("token header jwk is not an EC key") from None
+        result = None
+        for key in candidates:
+            try:
+                result = jwt.decode(token, key, algorithms=_ALGS)
+                break
+            except (JoseError, ValueError):
+                continue
+        if result is None:
+            raise TokenError("token signature does not verify with any trusted token key")
+        claims = result.claims
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or isinstance(exp, bool):
+            raise TokenError("token has no numeric 'exp'")
+        if now > exp + _LEEWAY_SECONDS:
+            raise TokenError(f"token expired at {exp} (now {now})")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int) and now + _LEEWAY_SECONDS < nbf:
+            raise TokenError(f"token not valid before {nbf}")
+        return dict(claims)
+
+
+def extract_tee_pubkey(claims: Mapping[str, Any]) -> TeePubKey:
+    """The TEE key in ``claims`` at Trustee's pointers (EAR first)."""
+    for pointer in _TEE_KEY_POINTERS:
+        node: Any = claims
+        for part in pointer:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            return TeePubKey.parse(node, "token tee-pubkey")
+    raise TokenError("Failed to extract Tee public key from claims")

@@ -1,0 +1,158 @@
+"""Real teegate servers for attester tests: a --dev KBS, a sim QGS, an AESM helper, as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[3]
+VENV_BIN = Path(sys.executable).parent
+DEPLOY = REPO / "deploy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: the venv's teegate-attester and the clevis pin on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(DEPLOY / "clevis"), str(VENV_BIN), env.get("PATH", "/usr/bin:/bin")])
+    env.pop("SGX_AESM_ADDR", None)
+    env.update(extra)
+    return env
+
+
+def teegate(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teegate.cli", *args], capture_output=True, text=True, timeout=timeout, check=check, env=tool_env()
+    )
+
+
+def attester(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teegate.attester.cli", *args], capture_output=True, text=True, timeout=timeout, env=env or tool_env()
+    )
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start(args: Sequence[str], log: Path) -> Daemon:
+    handle = log.open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "teegate.cli", *args], stdout=handle, stderr=subprocess.STDOUT, env=tool_env())
+    handle.close()
+    return Daemon(process, log)
+
+
+@dataclass
+class Kbs:
+    daemon: Daemon
+    url: str
+    data_dir: Path
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return teegate("kbs", "admin", "--url", self.url, "--data-dir", str(self.data_dir), *args)
+
+    def set_resource(self, path: str, data: bytes, scratch: Path) -> None:
+        scratch.write_bytes(data)
+        try:
+            self.admin("set-resource", "--path", path, "--resource-file", str(scratch))
+        finally:
+            scratch.unlink()
+
+
+def start_kbs(workdir: Path, platform: Path, port: int | None = None, *, wait: bool = True) -> Kbs:
+    port = port or free_port()
+    data = workdir / f"kbs-{port}"
+    daemon = start(
+        ["kbs", "serve", "--dev", "--data-dir", str(data), "--sim-platform", str(platform), "--listen", f"127.0.0.1:{port}", "--log-format", "text"],
+        workdir / f"kbs-{port}.log",
+    )
+    kbs = Kbs(daemon, f"http://127.0.0.1:{port}", data)
+    if wait:
+        wait_kbs(kbs)
+    return kbs
+
+
+def wait_kbs(kbs: Kbs, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if kbs.daemon.process.poll() is not None:
+            raise RuntimeError(f"KBS exited: {kbs.daemon.output()}")
+        try:
+            if httpx.get(f"{kbs.url}/healthz", timeout=1).status_code == 200 and (kbs.data_dir / "admin-token").exists():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"KBS did not come up: {kbs.daemon.output()}")
+
+
+def wait_socket(path: Path, daemon: Daemon, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise RuntimeError(f"daemon exited: {daemon.output()}")
+        if path.exists():
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} did not appear: {daemon.output()}")
+
+
+def start_qgs(workdir: Path, platform: Path, sock: Path, *, wait: bool = True) -> Daemon:
+    daemon = start(["qgs", "serve", "--socket", str(sock), "--backend", "sim", "--platform", str(platform)], workdir / f"{sock.name}.log")
+    if wait:
+        wait_socket(sock, daemon)
+    return daemon
+
+
+def start_aesm(workdir: Path, platform: Path, sock: Path) -> Daemon:
+    daemon = start(["aesm", "serve", "--socket", str(sock), "--platform", str(platform)], workdir / "aesm.log")
+    wait_socket(sock, daemon)
+    return daemon
+
+
+@contextmanager
+def running(*daemons: Daemon) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def dm_available() -> bool:
+    """Whether device-mapper works here (so `cryptsetup open` can map a device)."""
+    return Path("/dev/mapper/control").exists()

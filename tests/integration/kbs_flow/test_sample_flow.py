@@ -1,0 +1,79 @@
+"""The whole RCAR handshake over real HTTP with Trustee sample evidence (dev profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from jwcrypto import jwe as jw_jwe
+from jwcrypto import jwk as jw_jwk
+
+from teegate.kbs.app import build_app
+from teegate.kbs.config import KbsSettings
+from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
+from tests.integration.kbs_flow.harness import Guest, serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+SECRET = b"luks-passphrase-\x00\xff"
+
+
+def _settings(tmp_path: Path, **extra: object) -> KbsSettings:
+    values: dict[str, object] = {
+        "allow_sample": True,
+        "verify_tdx": False,
+        "verify_sgx": False,
+        "dev": True,
+    }
+    values.update(extra)
+    return KbsSettings(data_dir=tmp_path, storage=StorageSettings(data_dir=tmp_path), **values)  # type: ignore[arg-type]
+
+
+async def _put(tmp_path: Path, path: str, data: bytes) -> None:
+    storage = await open_storage(StorageSettings(data_dir=tmp_path))
+    try:
+        await storage.resources.set(ResourcePath.parse(path), data)
+    finally:
+        await storage.close()
+
+
+@pytest.fixture
+def kbs(tmp_path: Path) -> Iterator[str]:
+    asyncio.run(_put(tmp_path, "default/key/1", SECRET))
+    with serve(build_app(_settings(tmp_path))) as url:
+        yield url
+
+
+def _decrypt_jwcrypto(body: dict[str, str], guest: Guest) -> bytes:
+    pem = guest.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key = jw_jwk.JWK.from_pem(pem)
+    token = jw_jwe.JWE()
+    token.deserialize(json.dumps(body), key=key)
+    return bytes(token.payload)
+
+
+def test_sample_handshake_releases_resource(kbs: str) -> None:
+    guest = Guest(kbs)
+    try:
+        auth = guest.auth()
+        assert auth.status_code == 200
+        challenge = auth.json()
+        assert set(challenge) == {"nonce", "extra-params"} and challenge["extra-params"] == ""
+        assert len(challenge["nonce"]) == 44
+        assert "kbs-session-id=" in auth.headers["set-cookie"]
+        attest = guest.attest()
+        assert attest.status_code == 200, attest.text
+        assert set(attest.json()) == {"token"}
+        response = guest.resource("default/key/1")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert list(body) == ["protected", "encrypted_key", "iv", "ciphertext", "tag"]
+        assert _decrypt_jwcrypto(body, guest) == SECRET
+    finally:
+        guest.close()

@@ -1,0 +1,166 @@
+"""The handshake with simulated TDX/SGX quotes verified by the DCAP core (sim anchor trusted)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from jwcrypto import jwe as jw_jwe
+from jwcrypto import jwk as jw_jwk
+
+from teegate.kbs.app import build_app
+from teegate.kbs.config import KbsSettings
+from teegate.kbs.protocol import pad_report_data
+from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
+from teegate.sim import SimPlatform
+from tests.integration.kbs_flow.harness import Guest, error_type, serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+SECRET = b"tdx-disk-passphrase"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
+    return SimPlatform.create(tmp_path_factory.mktemp("sim") / "platform")
+
+
+async def _put(tmp_path: Path, path: str, data: bytes) -> None:
+    storage = await open_storage(StorageSettings(data_dir=tmp_path))
+    try:
+        await storage.resources.set(ResourcePath.parse(path), data)
+    finally:
+        await storage.close()
+
+
+def _settings(tmp_path: Path, platform: SimPlatform, **extra: object) -> KbsSettings:
+    values: dict[str, object] = {
+        "trust_simulated": True,
+        "sim_platform": platform.directory,
+        "dev": True,
+    }
+    values.update(extra)
+    return KbsSettings(data_dir=tmp_path, storage=StorageSettings(data_dir=tmp_path), **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def kbs(tmp_path: Path, platform: SimPlatform) -> Iterator[str]:
+    asyncio.run(_put(tmp_path, "default/tdx-vm-disk/passphrase", SECRET))
+    with serve(build_app(_settings(tmp_path, platform))) as url:
+        yield url
+
+
+def _tdx_evidence(platform: SimPlatform, digest: bytes, **td: object) -> dict[str, object]:
+    quote = platform.tdx_quote(pad_report_data(digest), **td)
+    return {"cc_eventlog": None, "quote": base64.b64encode(quote).decode()}
+
+
+def _jwcrypto_decrypt(body: dict[str, str], guest: Guest) -> bytes:
+    pem = guest.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    token = jw_jwe.JWE()
+    token.deserialize(json.dumps(body), key=jw_jwk.JWK.from_pem(pem))
+    return bytes(token.payload)
+
+
+def _claims(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_sim_tdx_handshake_releases_and_token_has_ear_layout(kbs: str, platform: SimPlatform) -> None:
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        attest = guest.attest(guest.attestation(_tdx_evidence(platform, guest.digest())))
+        assert attest.status_code == 200, attest.text
+        claims = _claims(attest.json()["token"])
+        cpu0 = claims["submods"]["cpu0"]  # type: ignore[index]
+        assert cpu0["ear.appraisal-policy-id"] == "default"
+        assert "ear.trustworthiness-vector" in cpu0 and "ear.status" in cpu0
+        evidence = cpu0["ear.veraison.annotated-evidence"]
+        assert evidence["tdx"]["simulated"] is True
+        assert evidence["runtime_data_claims"]["tee-pubkey"] == guest.jwk.to_jwk()
+        assert evidence["report_data"] == pad_report_data(guest.digest()).hex()
+        response = guest.resource("default/tdx-vm-disk/passphrase")
+        assert response.status_code == 200, response.text
+        assert _jwcrypto_decrypt(response.json(), guest) == SECRET
+        # The same token works as a Bearer token from a fresh client (passport mode).
+        bearer = Guest(kbs, tee="tdx", key=guest.key)
+        try:
+            again = bearer.resource(
+                "default/tdx-vm-disk/passphrase",
+                headers={"Authorization": f"Bearer {attest.json()['token']}"},
+            )
+            assert again.status_code == 200, again.text
+            assert _jwcrypto_decrypt(again.json(), guest) == SECRET
+        finally:
+            bearer.close()
+    finally:
+        guest.close()
+
+
+def test_sim_tdx_wrong_report_data_refused(kbs: str, platform: SimPlatform) -> None:
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        other = Guest(kbs, tee="tdx")  # a different TEE key: the binding no longer holds
+        evidence = _tdx_evidence(platform, guest.digest(jwk=other.jwk))
+        other.close()
+        response = guest.attest(guest.attestation(evidence))
+        assert response.status_code == 401
+        assert error_type(response) == "AttestationError"
+        assert "REPORT_DATA_MISMATCH" in response.json()["detail"]
+    finally:
+        guest.close()
+
+
+def test_sim_tdx_tampered_quote_refused(kbs: str, platform: SimPlatform) -> None:
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        quote = bytearray(platform.tdx_quote(pad_report_data(guest.digest())))
+        quote[200] ^= 0x01  # inside the TD report body (signed region)
+        evidence = {"cc_eventlog": None, "quote": base64.b64encode(bytes(quote)).decode()}
+        response = guest.attest(guest.attestation(evidence))
+        assert response.status_code == 401
+        assert error_type(response) == "AttestationError"
+    finally:
+        guest.close()
+
+
+def test_sim_debug_td_is_not_affirming(kbs: str, platform: SimPlatform) -> None:
+    """A debug TD gets a non-affirming EAR status (configuration contraindicated)."""
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        attest = guest.attest(guest.attestation(_tdx_evidence(platform, guest.digest(), debug=True)))
+        assert attest.status_code == 200, attest.text
+        cpu0 = _claims(attest.json()["token"])["submods"]["cpu0"]  # type: ignore[index]
+        assert cpu0["ear.status"] != "affirming"
+        assert cpu0["ear.trustworthiness-vector"]["configuration"] >= 96
+    finally:
+        guest.close()
+
+
+def test_simulated_quote_refused_without_sim_anchor(tmp_path: Path, platform: SimPlatform) -> None:
+    settings = KbsSettings(
+        data_dir=tmp_path,
+        storage=StorageSettings(data_dir=tmp_path),
+        collateral={"sim_platform": str(platform.directory)},  # collateral available, root not trusted
+    )
+    with serve(build_app(settings)) as url:
+        guest = Guest(url, tee="tdx")
+        try:
+            assert guest.auth().status_code == 200
+            response = guest.attest(guest.attestation(_tdx_evidence(platform, guest.digest())))
+            assert response.status_code == 401
+            assert error_type(response) == "AttestationError"
+        finally:
+            guest.close()

@@ -1,0 +1,125 @@
+"""``teegate pccs serve`` and ``teegate collateral fetch`` as processes/commands."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from teegate.collateral import PcsClient
+from teegate.dcap.collateral import Collateral, CollateralKey
+from teegate.sim import SimPlatform
+from tests.integration.collateral.fake_pcs import serve, teepotpcs_fake
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+AT = "2025-06-11T19:23:55Z"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _teegate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teegate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_collateral_fetch_then_offline(vectors: Path, tmp_path: Path) -> None:
+    out, cache = tmp_path / "bundle.json", tmp_path / "cache"
+    expected = Collateral.from_json(
+        (vectors / "_collateral_sets" / "teepotpcs_tdx_00806F050000_2025-05.json").read_text()
+    )
+    common = [
+        "collateral",
+        "fetch",
+        "--fmspc",
+        "00806f050000",
+        "--tee",
+        "tdx",
+        "--at",
+        AT,
+        "--cache-dir",
+        str(cache),
+    ]
+    with serve(teepotpcs_fake(vectors).app()) as url:
+        r = _teegate(*common, "--pccs", url, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Collateral.from_json(out.read_text()) == expected
+    r = _teegate(*common, "--offline", "--out", str(tmp_path / "again.json"))
+    assert r.returncode == 0, r.stderr
+    assert Collateral.from_json((tmp_path / "again.json").read_text()) == expected
+    r = _teegate(*common, "--offline", "--out", str(tmp_path / "x.json"), "--ca", "processor")
+    assert r.returncode == 1
+    assert "offline: TDX collateral for FMSPC 00806F050000 (PCK processor CA) is not cached" in r.stderr
+    r = _teegate("collateral", "fetch", "--fmspc", "xyz", "--tee", "tdx", "--offline", "--out", "-")
+    assert r.returncode != 0 and "--fmspc" in r.stderr
+
+
+async def test_pccs_serve_process(tmp_path: Path) -> None:
+    platform = SimPlatform.create(tmp_path / "sim")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "admin-token").write_text("t0ken-admin\n")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "teegate.cli",
+            "pccs",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--sim-platform",
+            str(tmp_path / "sim"),
+            "--mode",
+            "lazy",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert f"teegate pccs listening on http://127.0.0.1:{port}" in line
+        assert "mode lazy" in line and "writes need a token" in line and "INSECURE" not in line
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz")
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert health.json()["status"] == "ok"
+        from datetime import UTC, datetime
+
+        key = CollateralKey("sgx", platform.fmspc, "platform")
+        got = await PcsClient(url).get(key, now=datetime.now(UTC))
+        assert got.tcb_info_issuer_chain.startswith("-----BEGIN CERTIFICATE-----")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_pccs_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    r = _teegate("pccs", "serve", "--listen", "0.0.0.0:1", "--data-dir", str(tmp_path), "--mode", "offline")
+    assert r.returncode == 1
+    assert "refusing plain HTTP on 0.0.0.0" in r.stderr and "--insecure-http" in r.stderr

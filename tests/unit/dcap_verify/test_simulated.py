@@ -1,0 +1,113 @@
+"""Scenarios that need a key we hold (a revoked PCK, another root): teegate.sim's test PKI.
+
+Real Intel data cannot be re-signed, so revocation and trust-anchor choice are shown with the
+simulated platform, whose quotes and collateral have the real formats.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from teegate.dcap.anchors import TrustAnchors
+from teegate.dcap.quote import parse_quote
+from teegate.dcap.verify import QuoteVerifier, verdict_claims
+from teegate.errors import VerificationError
+from teegate.sim import SimPlatform
+
+from ._real import load
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
+    return SimPlatform.create(tmp_path_factory.mktemp("sim") / "platform")
+
+
+def _quote(platform: SimPlatform, tee: str, **kw: object) -> bytes:
+    report_data = bytes(range(64))
+    return platform.tdx_quote(report_data, **kw) if tee == "tdx" else platform.sgx_quote(report_data, **kw)
+
+
+@pytest.mark.parametrize("tee", ["tdx", "sgx"])
+def test_simulated_root_only_when_trusted(platform: SimPlatform, tee: str) -> None:
+    quote = _quote(platform, tee)
+    collateral = platform.collateral(tee, now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError) as info:
+        QuoteVerifier().verify(quote, collateral, now=NOW)
+    assert info.value.code == "ROOT_CA_UNTRUSTED"
+    verdict = QuoteVerifier(TrustAnchors.intel().with_anchor(platform.anchor())).verify(
+        quote, collateral, now=NOW
+    )
+    assert verdict.status == "UpToDate"
+    assert verdict.anchor.simulated is True
+    assert verdict_claims(verdict)["simulated"] is True
+    assert parse_quote(quote).report_data == bytes(range(64))
+
+
+@pytest.mark.parametrize("tee", ["tdx", "sgx"])
+def test_revoked_pck(platform: SimPlatform, tee: str) -> None:
+    collateral = platform.collateral(tee, now=NOW, revoke_pck=True)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError) as info:
+        QuoteVerifier(TrustAnchors((platform.anchor(),))).verify(_quote(platform, tee), collateral, now=NOW)
+    assert info.value.code == "PCK_REVOKED"
+
+
+@pytest.mark.parametrize("tee", ["tdx", "sgx"])
+def test_wrong_fmspc(platform: SimPlatform, tee: str) -> None:
+    collateral = platform.collateral(tee, now=NOW, fmspc="00906ED50000")  # type: ignore[arg-type]
+    with pytest.raises(VerificationError) as info:
+        QuoteVerifier(TrustAnchors((platform.anchor(),))).verify(_quote(platform, tee), collateral, now=NOW)
+    assert info.value.code == "TCB_INFO_MISMATCH"
+    assert "FMSPC" in str(info.value)
+
+
+def test_expired_collateral(platform: SimPlatform) -> None:
+    collateral = platform.collateral("tdx", now=NOW, expired=True)
+    verifier = QuoteVerifier(TrustAnchors((platform.anchor(),)))
+    with pytest.raises(VerificationError) as info:
+        verifier.verify(_quote(platform, "tdx"), collateral, now=NOW)
+    assert info.value.code.endswith("_EXPIRED")
+
+
+@pytest.mark.parametrize("status", ["OutOfDate", "SWHardeningNeeded", "ConfigurationNeeded", "Revoked"])
+def test_platform_statuses(platform: SimPlatform, status: str) -> None:
+    collateral = platform.collateral("tdx", now=NOW, tcb_status=status)
+    verdict = QuoteVerifier(TrustAnchors((platform.anchor(),))).verify(
+        _quote(platform, "tdx"), collateral, now=NOW
+    )
+    assert verdict.status == status
+    assert verdict.platform_status == status
+
+
+def test_debug_td_reported_not_refused(platform: SimPlatform) -> None:
+    quote = platform.quote_from_tdreport(platform.tdreport(bytes(64), debug=True))
+    verdict = QuoteVerifier(TrustAnchors((platform.anchor(),))).verify(
+        quote, platform.collateral("tdx", now=NOW), now=NOW
+    )
+    assert verdict.debug is True
+    assert verdict_claims(verdict)["td_attributes"]["debug"] is True
+
+
+def test_simulated_quote_with_intel_collateral_refused(platform: SimPlatform, vectors: Path) -> None:
+    """Roots never mix: a simulated PCK chain against real Intel collateral is refused."""
+    real = load(vectors, "tdx")
+    anchors = TrustAnchors.intel().with_anchor(platform.anchor())
+    with pytest.raises(VerificationError) as info:
+        QuoteVerifier(anchors).verify(_quote(platform, "tdx"), real.collateral, now=real.now)
+    assert info.value.code in {"ROOT_CA_MISMATCH", "CRL_MISSING"}
+
+
+def test_warm_cache_respects_time(platform: SimPlatform) -> None:
+    """A warm verifier re-checks collateral once ``now`` leaves the window it was valid for."""
+    collateral = platform.collateral("tdx", now=NOW)
+    verifier = QuoteVerifier(TrustAnchors((platform.anchor(),)))
+    quote = _quote(platform, "tdx")
+    verifier.verify(quote, collateral, now=NOW)
+    with pytest.raises(VerificationError) as info:
+        verifier.verify(quote, collateral, now=NOW + timedelta(days=400))
+    assert info.value.code.endswith("EXPIRED")
+    assert verifier.verify(quote, collateral, now=NOW).status == "UpToDate"

@@ -1,0 +1,138 @@
+"""Sealed sessions, the challenge ledger and EAR tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from teegate.errors import ConfigError
+from teegate.kbs.protocol import HashAlgorithm, Tee, TeePubKey
+from teegate.kbs.session import (
+    MAX_COOKIE_CHARS,
+    ChallengeLedger,
+    SessionError,
+    SessionSealer,
+    SessionState,
+    load_session_key,
+)
+from teegate.kbs.token import (
+    TokenError,
+    TokenSigner,
+    TokenVerifier,
+    ear_claims,
+    extract_tee_pubkey,
+    load_or_create_token_key,
+)
+
+NOW = 1_800_000_000.0
+
+
+def _state() -> SessionState:
+    return SessionState.new(Tee.TDX, "bm9uY2U=", HashAlgorithm.SHA384, now=NOW, timeout=300)
+
+
+def test_seal_open_roundtrip_and_replicas_share_key() -> None:
+    key = os.urandom(32)
+    one, two = SessionSealer(key), SessionSealer(key)
+    state = _state()
+    opened = two.open(one.seal(state), now=NOW + 10)
+    assert opened == state and opened.claims is None and opened.expires_at == int(NOW) + 300
+    attested = two.open(one.seal(state.with_claims({"exp": 1, "submods": {}})), now=NOW)
+    assert attested.attested and attested.claims == {"exp": 1, "submods": {}}
+    assert attested.expires_at == state.expires_at  # not extended (as Trustee)
+
+
+def test_open_refuses_forged_expired_foreign() -> None:
+    sealer = SessionSealer(os.urandom(32))
+    cookie = sealer.seal(_state())
+    with pytest.raises(SessionError, match="expired"):
+        sealer.open(cookie, now=NOW + 300)
+    with pytest.raises(SessionError, match="does not authenticate"):
+        SessionSealer(os.urandom(32)).open(cookie, now=NOW)
+    flipped = cookie[:-3] + ("A" if cookie[-3] != "A" else "B") + cookie[-2:]
+    with pytest.raises(SessionError, match="does not authenticate"):
+        sealer.open(flipped, now=NOW)
+    for bad in ("", "v2.abc", "v1.", "v1.!!!", "x" * (MAX_COOKIE_CHARS + 1)):
+        with pytest.raises(SessionError):
+            sealer.open(bad, now=NOW)
+
+
+def test_cookie_header_attributes() -> None:
+    header = _state().set_cookie_header("v1.abc", secure=True)
+    assert header.startswith("kbs-session-id=v1.abc; Expires=")
+    assert "GMT" in header and "HttpOnly" in header and header.endswith("Secure")
+
+
+def test_session_key_file_base64_or_raw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    b64 = tmp_path / "b64"
+    b64.write_text(base64.b64encode(key).decode() + "\n")
+    raw = tmp_path / "raw"
+    raw.write_bytes(key)
+    cookie = load_session_key(b64).seal(_state())
+    assert load_session_key(raw).open(cookie, now=NOW).nonce == "bm9uY2U="
+    monkeypatch.setenv("TEEGATE_KBS_SESSION_KEY_FILE", str(b64))
+    assert not load_session_key().ephemeral
+    monkeypatch.delenv("TEEGATE_KBS_SESSION_KEY_FILE")
+    assert load_session_key().ephemeral
+    short = tmp_path / "short"
+    short.write_text(base64.b64encode(b"x" * 16).decode())
+    with pytest.raises(ConfigError, match="16 bytes"):
+        load_session_key(short)
+
+
+def test_ledger_one_time_and_expiry() -> None:
+    ledger = ChallengeLedger(max_entries=3)
+    assert ledger.consume("a", 100, now=50)
+    assert not ledger.consume("a", 100, now=60)
+    assert ledger.consume("b", 100, now=60)
+    assert ledger.consume("a", 200, now=150)  # the old entry expired
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def test_token_sign_verify_and_tee_key_pointer(tmp_path: Path) -> None:
+    path = tmp_path / "token-key.pem"
+    key = load_or_create_token_key(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert load_or_create_token_key(path).private_numbers() == key.private_numbers()
+    tee = TeePubKey.from_public_key(_key().public_key())
+    claims = ear_claims(
+        submods={
+            "cpu0": {
+                "ear.status": "affirming",
+                "ear.trustworthiness-vector": {"hardware": 2},
+                "ear.veraison.annotated-evidence": {"runtime_data_claims": {"tee-pubkey": tee.to_jwk()}},
+            }
+        },
+        now=int(NOW),
+    )
+    token = TokenSigner(key).sign(claims)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["alg"] == "ES256" and header["jwk"]["crv"] == "P-256"
+    verified = TokenVerifier([key.public_key()]).verify(token, now=int(NOW) + 10)
+    assert verified["eat_profile"] == "tag:github.com,2024:confidential-containers/Trustee"
+    assert verified["exp"] == int(NOW) + 300
+    assert extract_tee_pubkey(verified) == tee
+    with pytest.raises(TokenError, match="expired"):
+        TokenVerifier([key.public_key()]).verify(token, now=int(NOW) + 301 + 60)
+
+
+def test_token_from_untrusted_key_refused_even_with_header_jwk() -> None:
+    rogue = _key()
+    token = TokenSigner(rogue).sign(ear_claims(submods={}, now=int(NOW)))
+    with pytest.raises(TokenError, match="does not verify"):
+        TokenVerifier([_key().public_key()]).verify(token, now=int(NOW))
+    # Only the named-insecure option trusts the key in the header.
+    assert TokenVerifier([_key().public_key()], insecure_header_jwk=True).verify(token, now=int(NOW))["iss"]
+    with pytest.raises(TokenError):
+        TokenVerifier([_key().public_key()]).verify("not-a-token", now=int(NOW))
+    with pytest.raises(TokenError, match="Failed to extract"):
+        extract_tee_pubkey({"submods": {}})
