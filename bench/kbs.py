@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +91,9 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool) -> None:
             listen=("127.0.0.1", port),
         )
         app = build_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on"
+    )
     server = uvicorn.Server(config)
     if not profile:
         server.run()
@@ -157,7 +158,9 @@ class _Guest:
 
     async def handshake(self, conn: _Conn, peer: bool, check: bool) -> None:
         conn.cookie = ""
-        status, body = await conn.call("POST", "/kbs/v0/auth", b'{"version":"0.4.0","tee":"tdx","extra-params":{}}')
+        status, body = await conn.call(
+            "POST", "/kbs/v0/auth", b'{"version":"0.4.0","tee":"tdx","extra-params":{}}'
+        )
         if status != 200:
             raise RuntimeError(f"auth {status}: {body[:200]!r}")
         nonce = "bm9uY2U=" if peer else json.loads(body)["nonce"]
@@ -198,7 +201,9 @@ async def _closed_loop(port: int, platform: Any, clients: int, seconds: float, p
     return latencies
 
 
-async def _open_loop(port: int, platform: Any, rate: float, seconds: float, pool: int) -> tuple[list[float], int]:
+async def _open_loop(
+    port: int, platform: Any, rate: float, seconds: float, pool: int
+) -> tuple[list[float], int]:
     """Start handshakes at ``rate``/s (Poisson-free fixed spacing) on a pool of connections."""
     latencies: list[float] = []
     conns: asyncio.Queue[tuple[_Conn, _Guest]] = asyncio.Queue()
@@ -272,7 +277,9 @@ async def _put_resource(data_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--profile", action="store_true")
@@ -327,7 +334,11 @@ def main() -> None:
             finally:
                 _stop(proc)
         for kind, row in results.items():
-            label = "KBS (auth+attest sim TDX v4+resource)" if kind == "kbs" else "peer: bare Starlette, same 3 calls"
+            label = (
+                "KBS (auth+attest sim TDX v4+resource)"
+                if kind == "kbs"
+                else "peer: bare Starlette, same 3 calls"
+            )
             print(f"{label}:")
             for key, value in row.items():
                 print(f"  {key:32s} {value:10.2f}")

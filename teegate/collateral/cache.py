@@ -29,9 +29,12 @@ from teegate.dcap.anchors import TrustAnchors
 from teegate.dcap.collateral import MAX_BUNDLE_BYTES, Collateral, CollateralKey
 from teegate.errors import CollateralUnavailable, ConfigError, EvidenceError
 
-__all__ = ["CachedSource", "cache_file_name"]
+__all__ = ["MAX_MEMORY_ENTRIES", "CachedSource", "cache_file_name"]
 
 _log = logging.getLogger("teegate.collateral.cache")
+
+#: Bound on bundles kept in memory (keys come from quotes; real platforms number in the hundreds).
+MAX_MEMORY_ENTRIES = 1024
 
 
 def cache_file_name(key: CollateralKey) -> str:
@@ -147,7 +150,7 @@ class CachedSource:
             return entry.collateral
         entry, problem = await asyncio.to_thread(self._load, key, now)
         if entry is not None:
-            self._memory[key] = entry
+            self._remember(key, entry)
             return entry.collateral
         if self.offline or self.inner is None:
             raise CollateralUnavailable(f"offline: {problem}")
@@ -176,5 +179,11 @@ class CachedSource:
             await asyncio.to_thread(self._store, key, collateral)
         except OSError as exc:
             _log.warning("could not write collateral cache %s: %s", self.path(key), exc)
-        self._memory[key] = _Entry(collateral, info)
+        self._remember(key, _Entry(collateral, info))
         return collateral
+
+    def _remember(self, key: CollateralKey, entry: _Entry) -> None:
+        self._memory.pop(key, None)
+        while len(self._memory) >= MAX_MEMORY_ENTRIES:
+            self._memory.pop(next(iter(self._memory)))
+        self._memory[key] = entry

@@ -56,7 +56,10 @@ _PCK_CERT_CHAIN = ("SGX-PCK-Certificate-Issuer-Chain",)
 
 def api_root(url: str) -> str:
     """``https://host:8081/sgx/certification/v4/`` or ``https://host:8081`` → ``https://host:8081``."""
-    parsed = urllib.parse.urlsplit(url.strip())
+    try:
+        parsed = urllib.parse.urlsplit(url.strip())
+    except ValueError as exc:
+        raise ConfigError(f"PCS/PCCS URL {url!r}: {exc}") from None
     if parsed.scheme not in ("https", "http") or not parsed.netloc:
         raise ConfigError(f"PCS/PCCS URL {url!r} must be http(s)://HOST[:PORT][/…]")
     path = parsed.path.rstrip("/")
@@ -124,6 +127,7 @@ class PcsClient:
         self._retry_times = retry_times
         self._retry_delay = retry_delay
         self._transport = transport
+        self._ssl_context: ssl.SSLContext | None = None
         for option in self.insecure:
             _log.warning("INSECURE collateral client option: %s (%s)", option, self.collateral_root)
 
@@ -140,15 +144,26 @@ class PcsClient:
     def __repr__(self) -> str:
         return f"PcsClient({self.collateral_root!r})"
 
+    def _ssl(self) -> ssl.SSLContext | bool:
+        """One TLS context per client: building one (loading the CA store) costs tens of ms."""
+        if self._verify is False:
+            return False
+        if self._ssl_context is None:
+            cafile = self._verify if isinstance(self._verify, str) else None
+            if cafile is None:
+                import certifi
+
+                cafile = certifi.where()
+            try:
+                self._ssl_context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"TLS CA bundle {cafile}: {exc}") from None
+        return self._ssl_context
+
     def _client(self) -> httpx.AsyncClient:
-        verify: bool | ssl.SSLContext
-        if isinstance(self._verify, str):
-            verify = ssl.create_default_context(cafile=self._verify)
-        else:
-            verify = self._verify
         headers = {"Ocp-Apim-Subscription-Key": self._api_key} if self._api_key else {}
         return httpx.AsyncClient(
-            verify=verify, timeout=self._timeout, headers=headers, transport=self._transport
+            verify=self._ssl(), timeout=self._timeout, headers=headers, transport=self._transport
         )
 
     async def _get(self, client: httpx.AsyncClient, url: str, what: str) -> _Reply:

@@ -103,7 +103,7 @@ def _bool(value: Any, name: str) -> bool:
 def _int(value: Any, name: str, low: int, high: int) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"QCNL config: {name} must be an integer, got {value!r}") from None
     if isinstance(value, bool) or not low <= number <= high:
         raise ConfigError(f"QCNL config: {name} must be {low}..{high}, got {value!r}")

@@ -18,6 +18,7 @@ from teegate.errors import ParseError, TeegateError
 
 if TYPE_CHECKING:
     from teegate.dcap.anchors import TrustAnchors
+    from teegate.dcap.collateral import Collateral
     from teegate.dcap.quote import Quote
     from teegate.dcap.verify import Verdict
 
@@ -226,6 +227,51 @@ def _load_roots(paths: tuple[Path, ...]) -> TrustAnchors:
     return anchors
 
 
+def _bundle_file(path: Path) -> Collateral:
+    from teegate.dcap.collateral import MAX_BUNDLE_BYTES, Collateral
+
+    try:
+        with path.open("rb") as fh:
+            text = fh.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        _fail(EXIT_BAD_INPUT, f"cannot read collateral {path}: {exc.strerror or exc}")
+    try:
+        return Collateral.from_json(text)
+    except ParseError as exc:
+        _fail(EXIT_BAD_INPUT, f"bad collateral bundle {path}: {exc}")
+
+
+def _fetch_collateral(q: Quote, directory: Path | None, pccs_url: str | None, now: datetime) -> Collateral:
+    """Collateral for this quote's platform from a directory or a PCCS (the only I/O here)."""
+    import asyncio
+
+    from teegate.collateral.files import BundleSource, DirectorySource
+    from teegate.collateral.pcs import PcsClient
+    from teegate.dcap.pck import collateral_key
+
+    try:
+        key = collateral_key(q)
+    except ParseError as exc:
+        _fail(EXIT_BAD_INPUT, f"not a valid quote: {exc}")
+    source: BundleSource | DirectorySource | PcsClient
+    if directory is not None:
+        # PCS documents are named tcb_info_<tee>_<FMSPC>.json; anything else is a bundle directory.
+        has_documents = any(directory.glob("tcb_info_*_*.json"))
+        source = DirectorySource(directory) if has_documents else BundleSource(directory)
+    else:
+        assert pccs_url is not None
+        try:
+            source = PcsClient(pccs_url)
+        except TeegateError as exc:
+            _fail(EXIT_BAD_INPUT, f"--pccs {pccs_url}: {exc.diagnostics()}")
+    try:
+        return asyncio.run(source.get(key, now=now))
+    except TeegateError as exc:
+        _fail(
+            EXIT_FAILED, f"no collateral for {key.tee} FMSPC {key.fmspc} ({key.ca} CA): {exc.diagnostics()}"
+        )
+
+
 def _verdict_json(verdict: Verdict) -> dict[str, Any]:
     from teegate.dcap.verify import verdict_claims
 
@@ -252,9 +298,13 @@ def _verdict_json(verdict: Verdict) -> dict[str, Any]:
 @click.option(
     "--collateral",
     "collateral_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Collateral bundle (dcap-qvl QuoteCollateralV3 JSON).",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A collateral bundle (dcap-qvl QuoteCollateralV3 JSON), a directory of bundles "
+    "(<tee>-<FMSPC>[-<ca>].json) or a directory of PCS documents (tcb_info_<tee>_<FMSPC>.json, …).",
+)
+@click.option(
+    "--pccs", "pccs_url", default=None, help="Fetch collateral from this PCCS / Intel PCS base URL."
 )
 @click.option("--at", "at", default=None, help="Verification time (ISO 8601 or Unix seconds); default now.")
 @click.option(
@@ -274,21 +324,17 @@ def verify_command(
     trust_roots: tuple[Path, ...],
     as_json: bool,
     allow_trailing_data: bool,
+    pccs_url: str | None,
 ) -> None:
-    """Verify FILE against a collateral bundle; exit 0 when it verifies (any TCB status), else 1."""
-    from teegate.dcap.collateral import MAX_BUNDLE_BYTES, Collateral
-
+    """Verify FILE with its collateral: exit 0 if it verifies (any TCB status), 1 if not, 2 on bad input."""
+    if (collateral_path is None) == (pccs_url is None):
+        _fail(EXIT_BAD_INPUT, "give exactly one of --collateral PATH or --pccs URL")
     q = _read_quote(file, allow_trailing_data)
     now = _parse_at(at)
-    try:
-        with collateral_path.open("rb") as fh:
-            text = fh.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as exc:
-        _fail(EXIT_BAD_INPUT, f"cannot read collateral {collateral_path}: {exc.strerror or exc}")
-    try:
-        collateral = Collateral.from_json(text)
-    except ParseError as exc:
-        _fail(EXIT_BAD_INPUT, f"bad collateral bundle {collateral_path}: {exc}")
+    if collateral_path is not None and not collateral_path.is_dir():
+        collateral = _bundle_file(collateral_path)
+    else:
+        collateral = _fetch_collateral(q, collateral_path, pccs_url, now)
     anchors = _load_roots(trust_roots)
     from teegate.dcap.verify import QuoteVerifier
 

@@ -244,6 +244,7 @@ def verify_chain(
     leaf_revoked_code: str = "CERT_REVOKED",
     min_length: int = 2,
     memo: set[tuple[x509.Certificate, x509.Certificate]] | None = None,
+    revocation_step: str | None = None,
 ) -> VerifiedChain:
     """Check ``certs`` (leaf first, root last) up to a pinned root at time ``now``.
 
@@ -291,12 +292,14 @@ def verify_chain(
             raise VerificationError(
                 "CRL_MISSING",
                 f"{what}: no CRL from {_cn(issuer)!r} to check {_cn(cert)!r} against",
-                step=step,
+                step=revocation_step or step,
             )
         if any(crl.is_revoked(cert) for crl in covering):
             code = leaf_revoked_code if index == 0 else "INTERMEDIATE_CA_REVOKED"
             raise VerificationError(
-                code, f"{what}: {_cn(cert)!r} (serial {cert.serial_number:X}) is revoked", step=step
+                code,
+                f"{what}: {_cn(cert)!r} (serial {cert.serial_number:X}) is revoked",
+                step=revocation_step or step,
             )
     return VerifiedChain(certs=tuple(certs), anchor=anchor, not_before=not_before, not_after=not_after)
 

@@ -164,16 +164,6 @@ class _Der:
             raise self.fail(f"{name}: expected DER tag 0x{tag:02x}, got 0x{got:02x}", offset)
         return start, stop
 
-    def children(self, start: int, end: int) -> list[tuple[int, int, int, int]]:
-        """(offset, tag, value start, value end) of each element in ``[start, end)``."""
-        out = []
-        pos = start
-        while pos < end:
-            tag, vs, ve = self.tlv(pos, end)
-            out.append((pos, tag, vs, ve))
-            pos = ve
-        return out
-
     def oid(self, start: int, end: int) -> str:
         data = self._data
         if start == end:

@@ -105,6 +105,13 @@ assert _SGX_REPORT.size == SGX_REPORT_BYTES
 assert _TD10.size == TDX10_REPORT_BYTES
 assert _TD10.size + _TD15_EXTRA.size == TDX15_REPORT_BYTES
 
+# v5 body type -> (TEE type it belongs to, fixed body size)
+_V5_BODIES = {
+    BODY_TYPE_SGX: (TEE_TYPE_SGX, SGX_REPORT_BYTES),
+    BODY_TYPE_TDX10: (TEE_TYPE_TDX, TDX10_REPORT_BYTES),
+    BODY_TYPE_TDX15: (TEE_TYPE_TDX, TDX15_REPORT_BYTES),
+}
+
 _TD_DEBUG = 1 << 0
 _TD_SEPT_VE_DISABLE = 1 << 28
 _TD_PKS = 1 << 30
@@ -470,11 +477,7 @@ def parse_quote(data: bytes, *, allow_trailing_data: bool = False) -> Quote:
             )
         _need(data, off, _V5_BODY.size, "body_type")
         body_type, body_size = _V5_BODY.unpack_from(data, off)
-        expected = {
-            BODY_TYPE_SGX: (TEE_TYPE_SGX, SGX_REPORT_BYTES),
-            BODY_TYPE_TDX10: (TEE_TYPE_TDX, TDX10_REPORT_BYTES),
-            BODY_TYPE_TDX15: (TEE_TYPE_TDX, TDX15_REPORT_BYTES),
-        }.get(body_type)
+        expected = _V5_BODIES.get(body_type)
         if expected is None:
             raise ParseError(
                 "body_type", f"unknown v5 body type {body_type} (1 SGX, 2 TDX 1.0, 3 TDX 1.5)", offset=off

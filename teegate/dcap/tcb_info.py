@@ -263,6 +263,14 @@ def _upper_hex(reader: _Reader, key: str, size: int) -> str:
     return value.upper()
 
 
+def _tcb_type(root: _Reader) -> int:
+    tcb_type = root.int_("tcbType") if root.has("tcbType") else 0
+    if tcb_type != 0:
+        # Only type 0 (16 SGX components compared one by one) is defined.
+        raise CollateralError(f"tcbInfo.tcbType: unsupported TCB type {tcb_type}")
+    return tcb_type
+
+
 def parse_tcb_info(text: str | bytes) -> TcbInfo:
     """Parse the ``tcbInfo`` JSON text (v2 SGX, v3 SGX or TDX). Raises CollateralError only."""
     root = _Reader(_load_object(text, "tcbInfo"), "tcbInfo")
@@ -317,7 +325,7 @@ def parse_tcb_info(text: str | bytes) -> TcbInfo:
         next_update=root.time_("nextUpdate"),
         fmspc=_upper_hex(root, "fmspc", 6),
         pce_id=_upper_hex(root, "pceId", 2),
-        tcb_type=root.int_("tcbType") if root.has("tcbType") else 0,
+        tcb_type=_tcb_type(root),
         tcb_evaluation_data_number=(
             root.int_("tcbEvaluationDataNumber") if root.has("tcbEvaluationDataNumber") else 0
         ),

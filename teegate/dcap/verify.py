@@ -29,6 +29,7 @@ this quote's SVNs and the merge — is always computed.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,7 @@ from teegate.dcap.certs import (
     verify_crl,
     verify_raw_signature,
 )
+from teegate.dcap.claims import quote_claims
 from teegate.dcap.collateral import Collateral
 from teegate.dcap.pck import PckExtensions, parse_pck_extensions, pck_ca_of
 from teegate.dcap.qe_identity import QeIdentity, match_qe_report, parse_qe_identity
@@ -182,6 +184,7 @@ class _CheckedPck:
     ext: PckExtensions
     ca: str
     key: ec.EllipticCurvePublicKey
+    fmspc: str
 
 
 def _check_time(now: datetime) -> None:
@@ -336,6 +339,15 @@ def _check_collateral(
     )
 
 
+def _common_name(cert: x509.Certificate) -> str:
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    value = names[0].value if names else ""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -367,16 +379,18 @@ class QuoteVerifier:
         self._collateral: OrderedDict[Collateral, _CheckedCollateral] = OrderedDict()
         self._pck: OrderedDict[tuple[str, Collateral], _CheckedPck] = OrderedDict()
         self._qe_reports: OrderedDict[tuple[bytes, bytes, str], None] = OrderedDict()
+        self._att_keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
         self._issued: _Memo = set()
+        self._lock = threading.Lock()
 
     # -- caches -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > MAX_CACHED_ENTRIES:
-            cache.popitem(last=False)
+    def _remember(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        with self._lock:  # verifiers are shared by server threads
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > MAX_CACHED_ENTRIES:
+                cache.popitem(last=False)
 
     def _checked_collateral(self, collateral: Collateral, now: datetime) -> _CheckedCollateral:
         cached = self._collateral.get(collateral)
@@ -406,6 +420,7 @@ class QuoteVerifier:
             leaf_revoked_code="PCK_REVOKED",
             min_length=3,
             memo=self._issued,
+            revocation_step=STEP_COLLATERAL_CRLS,
         )
         if chain.anchor != checked.anchor:
             raise VerificationError(
@@ -413,8 +428,28 @@ class QuoteVerifier:
                 f"PCK chain ends at {chain.anchor.name!r}, the collateral at {checked.anchor.name!r}",
                 step=STEP_PCK_CHAIN,
             )
+        if "SGX PCK Certificate" not in _common_name(chain.leaf):
+            raise VerificationError(
+                "INVALID_PCK_CERT", "the PCK chain's leaf is not an SGX PCK Certificate", step=STEP_PCK_CHAIN
+            )
         ext = parse_pck_extensions(chain.leaf)
-        result = _CheckedPck(chain=chain, ext=ext, ca=pck_ca_of(chain.leaf), key=_ec_key(chain.leaf))
+        # Step 4 (platform half): the TCB Info is for this platform's FMSPC and PCE.
+        info = checked.tcb_info
+        if info.fmspc != ext.fmspc_hex:
+            raise VerificationError(
+                "TCB_INFO_MISMATCH",
+                f"TCB Info is for FMSPC {info.fmspc}, the PCK certificate has {ext.fmspc_hex}",
+                step=STEP_TCB_INFO,
+            )
+        if info.pce_id != ext.pce_id_hex:
+            raise VerificationError(
+                "TCB_INFO_MISMATCH",
+                f"TCB Info is for PCE-ID {info.pce_id}, the PCK certificate has {ext.pce_id_hex}",
+                step=STEP_TCB_INFO,
+            )
+        result = _CheckedPck(
+            chain=chain, ext=ext, ca=pck_ca_of(chain.leaf), key=_ec_key(chain.leaf), fmspc=ext.fmspc_hex
+        )
         self._remember(self._pck, key, result)
         return result
 
@@ -444,24 +479,12 @@ class QuoteVerifier:
         # Steps 2-3 (quote): PCK chain and its revocation.
         pck = self._checked_pck(q, collateral, checked, now)
 
-        # Step 4 (quote half): TCB Info is for this TEE and this platform.
+        # Step 4 (quote half): TCB Info is for this TEE (platform match checked with the PCK chain).
         info = checked.tcb_info
         if is_tdx and not (info.id == "TDX" and info.version >= 3):
             raise VerificationError("TCB_INFO_MISMATCH", "TDX quote with SGX TCB Info", step=STEP_TCB_INFO)
         if not is_tdx and info.id != "SGX":
             raise VerificationError("TCB_INFO_MISMATCH", "SGX quote with TDX TCB Info", step=STEP_TCB_INFO)
-        if info.fmspc != pck.ext.fmspc_hex:
-            raise VerificationError(
-                "TCB_INFO_MISMATCH",
-                f"TCB Info is for FMSPC {info.fmspc}, the PCK certificate has {pck.ext.fmspc_hex}",
-                step=STEP_TCB_INFO,
-            )
-        if info.pce_id != pck.ext.pce_id_hex:
-            raise VerificationError(
-                "TCB_INFO_MISMATCH",
-                f"TCB Info is for PCE-ID {info.pce_id}, the PCK certificate has {pck.ext.pce_id_hex}",
-                step=STEP_TCB_INFO,
-            )
         # Step 5 (quote half): the QE Identity is the one for this TEE's quoting enclave.
         identity = checked.qe_identity
         if is_tdx and not (identity.id == "TD_QE" and identity.version in (2, 3)):
@@ -502,7 +525,10 @@ class QuoteVerifier:
         qe_level = match_qe_report(identity, q.qe_report, step=STEP_QE_IDENTITY_MATCH)
 
         # Step 9: quote signature by the attestation key.
-        att_key = public_key_from_point(q.attestation_key, "attestation key")
+        att_key = self._att_keys.get(q.attestation_key)
+        if att_key is None:
+            att_key = public_key_from_point(q.attestation_key, "attestation key")
+            self._remember(self._att_keys, q.attestation_key, att_key)
         if not verify_raw_signature(att_key, q.signature, q.signed_region):
             raise VerificationError(
                 "INVALID_QUOTE_SIGNATURE",
@@ -565,7 +591,7 @@ class QuoteVerifier:
             platform_status=platform_status,
             qe_status=qe_level.status,
             tdx_module_status=module_status,
-            fmspc=pck.ext.fmspc_hex,
+            fmspc=pck.fmspc,
             anchor=checked.anchor,
             debug=q.debug,
             pck=pck.ext,
@@ -652,8 +678,6 @@ def verify_quote(
 
 def verdict_claims(verdict: Verdict) -> dict[str, Any]:
     """Flat claims with Trustee's names: the quote's claims plus the DCAP verification results."""
-    from teegate.dcap.claims import quote_claims
-
     claims = dict(quote_claims(verdict.quote))
     pck = verdict.pck
     config = pck.configuration

@@ -67,7 +67,14 @@ from teegate.kbs.protocol import (
     parse_json,
     runtime_data_digest,
 )
-from teegate.kbs.session import SESSION_COOKIE, ChallengeLedger, SessionSealer, SessionState, load_session_key
+from teegate.kbs.session import (
+    SESSION_COOKIE,
+    SESSION_KEY_FILENAME,
+    ChallengeLedger,
+    SessionSealer,
+    SessionState,
+    load_session_key,
+)
 from teegate.kbs.storage import ResourceNotFound, ResourcePath, Storage, open_storage
 from teegate.kbs.token import (
     TOKEN_KEY_FILENAME,
@@ -76,6 +83,7 @@ from teegate.kbs.token import (
     TokenVerifier,
     ear_claims,
     extract_tee_pubkey,
+    load_cert_chain,
     load_or_create_token_key,
 )
 from teegate.verifiers import VerifiedEvidence, Verifier, VerifierSet, check_binding
@@ -423,6 +431,7 @@ class KbsRuntime:
                 policy_id=decision.policy_id,
                 reason=decision.reason,
                 claims=claims,
+                trust_vector=_primary_vector(claims),
                 reasons=decision.reasons,
             )
             raise KbsError("PolicyDeny", f"Access denied by policy: {decision.reason}")
@@ -512,6 +521,16 @@ def _primary_tee(claims: Mapping[str, Any]) -> str:
     return "unknown"
 
 
+def _primary_vector(claims: Mapping[str, Any]) -> dict[str, int]:
+    """The cpu0 trustworthiness vector (EAR names) for the audit record."""
+    submods = claims.get("submods")
+    cpu0 = submods.get("cpu0") if isinstance(submods, Mapping) else None
+    vector = cpu0.get("ear.trustworthiness-vector") if isinstance(cpu0, Mapping) else None
+    if not isinstance(vector, Mapping):
+        return {}
+    return {str(k): v for k, v in vector.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def _init_data_claims(init_data: InitData | None, primary: VerifiedEvidence) -> Any:
     """The init-data ``data`` table; when the TEE measured init data, its digest must match."""
     if init_data is None:
@@ -577,12 +596,18 @@ def build_app(
 ) -> Starlette:
     """The KBS as an ASGI app. Keys are loaded or created under ``settings.data_dir`` now."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token_key = load_or_create_token_key(settings.data_dir / TOKEN_KEY_FILENAME)
-    signer = TokenSigner(token_key)
+    if settings.token_key_file is not None:
+        token_key = load_or_create_token_key(settings.token_key_file, create=False)
+    else:
+        token_key = load_or_create_token_key(settings.data_dir / TOKEN_KEY_FILENAME)
+    x5c = load_cert_chain(settings.token_cert_file, token_key) if settings.token_cert_file else []
+    signer = TokenSigner(token_key, x5c=x5c)
     trusted = [token_key.public_key(), *_load_trusted_keys(settings.trusted_token_keys)]
     runtime = KbsRuntime(
         settings=settings,
-        sealer=load_session_key(settings.session_key_file),
+        sealer=load_session_key(
+            settings.session_key_file, generated=settings.data_dir / SESSION_KEY_FILENAME
+        ),
         signer=signer,
         token_verifier=TokenVerifier(trusted, insecure_header_jwk=settings.insecure_header_jwk),
         verifiers=verifiers if verifiers is not None else build_verifiers(settings),
@@ -885,8 +910,33 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Set an attestation policy (admin; {type, policy_id, policy: base64url Rego})",
                     "security": admin_security,
                     "requestBody": json_body,
-                    "responses": {"200": ok_empty, "401": err, "403": err},
-                }
+                    "responses": {"200": ok_empty, "400": err, "401": err, "403": err},
+                },
+                "get": {
+                    "summary": "List attestation policy ids, stored and built-in (admin)",
+                    "security": admin_security,
+                    "responses": {"200": {"description": "ids"}, "401": err, "403": err},
+                },
+            },
+            "/kbs/v0/attestation-policy/{policy_id}": {
+                "parameters": [
+                    {"name": "policy_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": {
+                    "summary": "Get an attestation policy's Rego text (admin)",
+                    "security": admin_security,
+                    "responses": {"200": {"description": "Rego"}, "401": err, "403": err},
+                },
+            },
+            "/kbs/v0/admin/denials": {
+                "get": {
+                    "summary": "Recent denials with the policy, claims and trust vector behind each (admin)",
+                    "security": admin_security,
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}
+                    ],
+                    "responses": {"200": {"description": "{denials: [...]}"}, "401": err, "403": err},
+                },
             },
             "/kbs/v0/reference-value": {
                 "post": {

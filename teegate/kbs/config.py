@@ -8,7 +8,9 @@ refused. Unknown sections and keys are refused, naming them. Sections:
   ``private_key``/``certificate`` (TLS), ``payload_request_size`` (MiB).
 * ``[attestation_token]`` (Trustee): ``trusted_certs_paths`` / ``trusted_key_paths`` (PEM
   public keys or certificates whose keys sign Bearer tokens we accept, besides our own),
-  ``insecure_header_jwk`` (alias ``insecure_key``), ``duration_min``.
+  ``insecure_header_jwk`` (alias ``insecure_key``), ``duration_min``, ``signer_key_path`` (a P-256
+  PEM shared by replicas; default a key generated under the data dir), ``signer_cert_path`` (its
+  certificate chain, sent as ``x5c``).
 * ``[attestation_service]`` (Trustee): ``timeout`` (session minutes), ``type`` (only
   ``coco_as_builtin``), ``policy_id`` (attestation policy family, default ``default``).
 * ``[policy_engine]`` (Trustee): ``policy_path`` (resource policy Rego loaded at start).
@@ -57,7 +59,15 @@ _SECTIONS: Final[dict[str, frozenset[str]]] = {
         {"sockets", "insecure_http", "private_key", "certificate", "payload_request_size", "worker_count"}
     ),
     "attestation_token": frozenset(
-        {"trusted_certs_paths", "trusted_key_paths", "insecure_header_jwk", "insecure_key", "duration_min"}
+        {
+            "trusted_certs_paths",
+            "trusted_key_paths",
+            "insecure_header_jwk",
+            "insecure_key",
+            "duration_min",
+            "signer_key_path",
+            "signer_cert_path",
+        }
     ),
     "attestation_service": frozenset({"timeout", "type", "policy_id"}),
     "policy_engine": frozenset({"policy_path"}),
@@ -112,6 +122,8 @@ class KbsSettings:
     session_key_file: Path | None = None
     token_ttl_seconds: int = 300
     trusted_token_keys: tuple[Path, ...] = ()
+    token_key_file: Path | None = None
+    token_cert_file: Path | None = None
     insecure_header_jwk: bool = False
     attestation_policy_id: str = "default"
     resource_policy_path: Path | None = None
@@ -266,6 +278,8 @@ def load_settings(
     insecure_jwk = _typed(token, "insecure_header_jwk", bool, "attestation_token")
     legacy_jwk = _typed(token, "insecure_key", bool, "attestation_token")
     values["insecure_header_jwk"] = bool(insecure_jwk or legacy_jwk)
+    values["token_key_file"] = _path(_typed(token, "signer_key_path", str, "attestation_token"), base)
+    values["token_cert_file"] = _path(_typed(token, "signer_cert_path", str, "attestation_token"), base)
     if (minutes := _typed(token, "duration_min", int, "attestation_token")) is not None:
         values["token_ttl_seconds"] = minutes * 60
 

@@ -154,6 +154,8 @@ class PolicySyntaxError(EvidenceError):
     """A policy does not compile or does not define what its kind needs (HTTP 400, ParsePolicyError)."""
 
     trustee_error = "ParsePolicyError"
+    #: The stored version that failed, when the policy came from the store.
+    policy_version: int | None = None
 
 
 class PolicyEvaluationError(PolicyDenied):
@@ -585,6 +587,7 @@ class PolicyEngine:
             try:
                 hit = _Compiled(key[0], key[1], key[2], text)
             except PolicySyntaxError as exc:
+                exc.policy_version = key[2]
                 hit = exc
             self.compilations += 1
             with self._cache_lock:
@@ -592,7 +595,9 @@ class PolicyEngine:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         if isinstance(hit, PolicySyntaxError):
-            raise hit
+            fresh = PolicySyntaxError(str(hit))  # a new object: re-raising one would grow its traceback
+            fresh.policy_version = hit.policy_version
+            raise fresh
         return hit
 
     async def _load(self, kind: PolicyKind, policy_id: str, builtin: str | None) -> _Compiled | None:
@@ -747,7 +752,10 @@ class PolicyEngine:
             if results.get(_ALLOW_RULE) is not True and compiled.has_reasons:
                 more, values = await self._evaluate(compiled, token_claims, data, [_REASONS_RULE], values)
                 results.update(more)
-        except (PolicySyntaxError, PolicyEvaluationError) as exc:
+        except PolicySyntaxError as exc:
+            version = exc.policy_version if exc.policy_version is not None else version
+            return Decision(False, policy_id, f"resource policy error, denied: {exc}", version)
+        except PolicyEvaluationError as exc:
             return Decision(False, policy_id, f"resource policy error, denied: {exc}", version)
         except (asyncio.CancelledError, CollateralUnavailable):
             raise  # a store that is down is a 503 (retry), not a verdict

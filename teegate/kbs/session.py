@@ -4,12 +4,12 @@ The session state (TEE, nonce, hash, expiry and, after ``/attest``, the token cl
 compressed, encrypted and authenticated with AES-256-GCM under a key every replica shares, so
 any replica can serve any step of a handshake without a shared store. A client cannot read or
 change its session; a forged or expired cookie is refused. See
-docs/adr/0003-kbs-stateless-sessions.md for what this buys and what it does not (one-time use of
+docs/adr/0005-kbs-stateless-sessions.md for what this buys and what it does not (one-time use of
 a challenge across replicas).
 
 Key: ``TEEGATE_KBS_SESSION_KEY_FILE`` (or ``[session] key_file``), a file holding 32 bytes
-base64-encoded (what the operator's Secret mounts) or raw; without one, a random per-process key
-(one replica only; announced at start).
+base64-encoded (what the operator's Secret mounts) or raw; without one, a key generated once under
+the data directory (``session-key``: replicas that do not share the directory need the file).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "MAX_SESSION_STATE_BYTES",
     "SESSION_COOKIE",
     "SESSION_KEY_ENV",
+    "SESSION_KEY_FILENAME",
     "ChallengeLedger",
     "SessionError",
     "SessionSealer",
@@ -49,6 +50,8 @@ __all__ = [
 
 SESSION_COOKIE: Final = "kbs-session-id"
 SESSION_KEY_ENV: Final = "TEEGATE_KBS_SESSION_KEY_FILE"
+#: The generated session key inside the data directory.
+SESSION_KEY_FILENAME: Final = "session-key"
 DEFAULT_SESSION_TIMEOUT_SECONDS: Final = 300
 #: Longest cookie value accepted (and produced).
 MAX_COOKIE_CHARS: Final = 16 * 1024
@@ -132,7 +135,7 @@ class SessionSealer:
         }
         if state.claims is not None:
             payload["claims"] = state.claims
-        plain = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 6)
+        plain = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 1)
         iv = secrets.token_bytes(12)
         value = f"{_VERSION}.{_b64url(iv + self._aead.encrypt(iv, plain, _AAD))}"
         if len(value) > MAX_COOKIE_CHARS:
@@ -181,13 +184,7 @@ class SessionSealer:
         return state
 
 
-def load_session_key(path: Path | None = None) -> SessionSealer:
-    """The sealer for the key at ``path`` (else ``$TEEGATE_KBS_SESSION_KEY_FILE``), else an ephemeral key."""
-    if path is None:
-        env = os.environ.get(SESSION_KEY_ENV)
-        path = Path(env) if env else None
-    if path is None:
-        return SessionSealer.generate()
+def _read_key_file(path: Path) -> SessionSealer:
     try:
         with path.open("rb") as handle:
             data = handle.read(_MAX_KEY_FILE_BYTES + 1)
@@ -206,10 +203,40 @@ def load_session_key(path: Path | None = None) -> SessionSealer:
     return SessionSealer(key)
 
 
+def _create_key_file(path: Path) -> None:
+    """Write a fresh base64 key to ``path`` (0600) unless it exists (first writer wins)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot create session key {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(base64.b64encode(secrets.token_bytes(_KEY_BYTES)) + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_session_key(path: Path | None = None, *, generated: Path | None = None) -> SessionSealer:
+    """The sealer for the key at ``path`` (else ``$TEEGATE_KBS_SESSION_KEY_FILE``); else the key
+    kept at ``generated`` (created once, 0600: survives restarts, shared by local workers); else
+    an ephemeral per-process key (one process only)."""
+    if path is None:
+        env = os.environ.get(SESSION_KEY_ENV)
+        path = Path(env) if env else None
+    if path is not None:
+        return _read_key_file(path)
+    if generated is not None:
+        _create_key_file(generated)
+        return _read_key_file(generated)
+    return SessionSealer.generate()
+
+
 class ChallengeLedger:
     """Per-process memory of consumed challenges: a session id mints at most one token here.
 
-    Across replicas the sealed cookie alone cannot enforce one-time use (ADR 0003); the
+    Across replicas the sealed cookie alone cannot enforce one-time use (ADR 0005); the
     binding of the evidence to the TEE key is what keeps a replayed attestation useless.
     """
 

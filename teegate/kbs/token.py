@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jwt
@@ -44,6 +45,7 @@ __all__ = [
     "TokenVerifier",
     "ear_claims",
     "extract_tee_pubkey",
+    "load_cert_chain",
     "load_or_create_token_key",
 ]
 
@@ -110,8 +112,10 @@ def _write_private(path: Path, data: bytes) -> bool:
             os.unlink(temp)
 
 
-def load_or_create_token_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The P-256 token key at ``path``; generated (PKCS#8 PEM, 0600) the first time."""
+def load_or_create_token_key(path: Path, *, create: bool = True) -> ec.EllipticCurvePrivateKey:
+    """The P-256 token key at ``path``; generated (PKCS#8 PEM, 0600) the first time if ``create``."""
+    if not create and not path.exists():
+        raise ConfigError(f"token signing key {path} does not exist")
     for _ in range(2):
         if path.exists():
             try:
@@ -131,6 +135,21 @@ def load_or_create_token_key(path: Path) -> ec.EllipticCurvePrivateKey:
         except OSError as exc:
             raise ConfigError(f"cannot write token key {path}: {exc.strerror}") from None
     raise ConfigError(f"token key {path}: could not be created or read")
+
+
+def load_cert_chain(path: Path, key: ec.EllipticCurvePrivateKey) -> list[str]:
+    """The ``x5c`` list (base64 DER) of a PEM chain whose first certificate holds ``key``."""
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes()[: 1024 * 1024])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"token certificate chain {path}: {exc}") from None
+    leaf_key = certs[0].public_key()
+    if (
+        not isinstance(leaf_key, ec.EllipticCurvePublicKey)
+        or leaf_key.public_numbers() != key.public_key().public_numbers()
+    ):
+        raise ConfigError(f"token certificate {path} is not for the token signing key")
+    return [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs]
 
 
 class TokenSigner:

@@ -138,7 +138,8 @@ def _tcb_info(inputs: CollateralInputs, tee: str, *, status: str, fmspc: str, is
                             "tcb": {"isvsvn": inputs.tee_tcb_svn[0]},
                             "tcbDate": _UP_TO_DATE_DATE,
                             "tcbStatus": "UpToDate",
-                        }
+                        },
+                        {"tcb": {"isvsvn": 0}, "tcbDate": _OLD_DATE, "tcbStatus": "OutOfDate"},
                     ],
                 }
             ]

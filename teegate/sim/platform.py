@@ -163,9 +163,42 @@ class _State:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{where}: not a simulated platform file ({exc})") from None
-        if len(state.sgx_tcb_components) != 16 or len(state.tee_tcb_svn) != 16 or len(state.qe_id) != 16:
-            raise ConfigError(f"{where}: TCB components, TEE TCB SVN and QE ID must have 16 entries")
+        state.validate(where)
         return state
+
+    def validate(self, where: Path) -> None:
+        """Refuse sizes and ranges the quote formats cannot carry."""
+        sizes = {
+            "ppid": (self.ppid, 16),
+            "platform_instance_id": (self.platform_instance_id, 16),
+            "qe_id": (self.qe_id, 16),
+            "pce_id": (self.pce_id, 2),
+            "tee_tcb_svn": (self.tee_tcb_svn, 16),
+            "tee_tcb_svn2": (self.tee_tcb_svn2, 16),
+            "mr_seam": (self.mr_seam, 48),
+            "mr_signer_seam": (self.mr_signer_seam, 48),
+            "td_qe.mr_enclave": (self.td_qe.mr_enclave, 32),
+            "td_qe.mr_signer": (self.td_qe.mr_signer, 32),
+            "sgx_qe.mr_enclave": (self.sgx_qe.mr_enclave, 32),
+            "sgx_qe.mr_signer": (self.sgx_qe.mr_signer, 32),
+        }
+        for name, (value, size) in sizes.items():
+            if len(value) != size:
+                raise ConfigError(f"{where}: {name} is {len(value)} bytes, expected {size}")
+        if len(self.sgx_tcb_components) != 16 or not all(0 <= c <= 0xFF for c in self.sgx_tcb_components):
+            raise ConfigError(f"{where}: sgx_tcb_components must be 16 values in 0..255")
+        if max(self.tee_tcb_svn[0], self.tee_tcb_svn[2], self.sgx_tcb_components[0]) == 0xFF:
+            raise ConfigError(f"{where}: the first SVNs must leave room for a newer simulated TCB level")
+        svns: tuple[tuple[str, int], ...] = (
+            ("pce_svn", self.pce_svn),
+            ("td_qe.isv_svn", self.td_qe.isv_svn),
+            ("td_qe.isv_prod_id", self.td_qe.isv_prod_id),
+            ("sgx_qe.isv_svn", self.sgx_qe.isv_svn),
+            ("sgx_qe.isv_prod_id", self.sgx_qe.isv_prod_id),
+        )
+        for svn_name, svn in svns:
+            if not 0 <= svn <= 0xFFFF:
+                raise ConfigError(f"{where}: {svn_name} {svn} is outside 0..65535")
 
 
 def _check_fmspc(fmspc: str) -> str:
@@ -217,9 +250,14 @@ class SimPlatform:
         self.directory = directory
         self._state = state
         self._keys = keys
-        certs = {
-            name: x509.load_pem_x509_certificate(pem.encode()) for name, pem in state.certificates.items()
-        }
+        try:
+            certs = {
+                name: x509.load_pem_x509_certificate(pem.encode()) for name, pem in state.certificates.items()
+            }
+        except ValueError as exc:
+            raise ConfigError(
+                f"{directory}: a certificate in {PLATFORM_FILE} is not valid PEM ({exc})"
+            ) from None
         self.certificates = pki.CertSet(
             root=certs["root"],
             platform_ca=certs["platform_ca"],
@@ -455,6 +493,7 @@ class SimPlatform:
         td_attributes: int | None = None,
         xfam: int | None = None,
         mr_servicetd: bytes | None = None,
+        tee_tcb_svn: bytes | None = None,
     ) -> TdReport:
         """A simulated TD's report (defaults: simulated TDVF/RTMR values, production attributes)."""
         report = TdReport(
@@ -477,6 +516,9 @@ class SimPlatform:
             if value is not None:
                 changes[name] = value
         report = replace(report, **changes)
+        if tee_tcb_svn is not None:
+            # The module the TD was launched on (TD-preserving updates since then show in tee_tcb_svn2).
+            report = replace(report, tcb=replace(report.tcb, tee_tcb_svn=tee_tcb_svn))
         if debug:
             report = replace(report, td_attributes=report.td_attributes | TD_ATTR_DEBUG)
         return report

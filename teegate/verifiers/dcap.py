@@ -84,6 +84,8 @@ class DcapVerifier:
         self.tee: Tee = tee
         self._verifier = quote_verifier
         self._memo = _CollateralMemo(source, collateral_ttl)
+        # PCK chain text → collateral key: saves decoding the PCK extensions once per quote.
+        self._keys: dict[str, CollateralKey] = {}
 
     async def verify(self, evidence: Any, *, now: datetime) -> VerifiedEvidence:
         """Parse the quote, fetch collateral (memoised), verify, and map to Trustee's claims."""
@@ -106,7 +108,12 @@ class DcapVerifier:
             raise VerificationError(
                 "TEE_MISMATCH", f"the session is for {name} but the quote is a {quote.tee} quote"
             )
-        key = collateral_key(quote)
+        key = self._keys.get(quote.pck_chain_pem)
+        if key is None:
+            key = collateral_key(quote)
+            if len(self._keys) >= _MAX_MEMO:
+                self._keys.clear()
+            self._keys[quote.pck_chain_pem] = key
         collateral = await self._memo.get(key, now)
         verdict = self._verifier.verify(quote, collateral, now=now)
         claims = verdict_claims(verdict)

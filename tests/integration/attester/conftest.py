@@ -21,7 +21,16 @@ class Stack:
     qgs_socket: Path
 
     def sim_args(self) -> list[str]:
-        return ["--url", self.kbs.url, "--evidence", "sim", "--sim-platform", str(self.platform), "--qgs-socket", str(self.qgs_socket)]
+        return [
+            "--url",
+            self.kbs.url,
+            "--evidence",
+            "sim",
+            "--sim-platform",
+            str(self.platform),
+            "--qgs-socket",
+            str(self.qgs_socket),
+        ]
 
 
 @pytest.fixture(scope="session")

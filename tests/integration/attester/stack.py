@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from teegate.kbs.admin_client import AdminClient
+from teegate.kbs.storage.base import ResourcePath
 
 REPO = Path(__file__).resolve().parents[3]
 VENV_BIN = Path(sys.executable).parent
@@ -36,13 +40,25 @@ def tool_env(**extra: str) -> dict[str, str]:
 
 def teegate(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "teegate.cli", *args], capture_output=True, text=True, timeout=timeout, check=check, env=tool_env()
+        [sys.executable, "-m", "teegate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env=tool_env(),
     )
 
 
-def attester(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def attester(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "teegate.attester.cli", *args], capture_output=True, text=True, timeout=timeout, env=env or tool_env()
+        [sys.executable, "-m", "teegate.attester.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or tool_env(),
+        check=False,
     )
 
 
@@ -66,7 +82,9 @@ class Daemon:
 
 def start(args: Sequence[str], log: Path) -> Daemon:
     handle = log.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "teegate.cli", *args], stdout=handle, stderr=subprocess.STDOUT, env=tool_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teegate.cli", *args], stdout=handle, stderr=subprocess.STDOUT, env=tool_env()
+    )
     handle.close()
     return Daemon(process, log)
 
@@ -80,19 +98,30 @@ class Kbs:
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         return teegate("kbs", "admin", "--url", self.url, "--data-dir", str(self.data_dir), *args)
 
-    def set_resource(self, path: str, data: bytes, scratch: Path) -> None:
-        scratch.write_bytes(data)
-        try:
-            self.admin("set-resource", "--path", path, "--resource-file", str(scratch))
-        finally:
-            scratch.unlink()
+    def set_resource(self, path: str, data: bytes) -> None:
+        """Store a resource through the admin API (the same call `teegate kbs admin set-resource` makes)."""
+        token = (self.data_dir / "admin-token").read_text().strip()
+        with AdminClient(self.url, token=token) as client:
+            client.set_resource(ResourcePath.parse(path), data)
 
 
 def start_kbs(workdir: Path, platform: Path, port: int | None = None, *, wait: bool = True) -> Kbs:
     port = port or free_port()
     data = workdir / f"kbs-{port}"
     daemon = start(
-        ["kbs", "serve", "--dev", "--data-dir", str(data), "--sim-platform", str(platform), "--listen", f"127.0.0.1:{port}", "--log-format", "text"],
+        [
+            "kbs",
+            "serve",
+            "--dev",
+            "--data-dir",
+            str(data),
+            "--sim-platform",
+            str(platform),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "text",
+        ],
         workdir / f"kbs-{port}.log",
     )
     kbs = Kbs(daemon, f"http://127.0.0.1:{port}", data)
@@ -107,7 +136,10 @@ def wait_kbs(kbs: Kbs, timeout: float = 30) -> None:
         if kbs.daemon.process.poll() is not None:
             raise RuntimeError(f"KBS exited: {kbs.daemon.output()}")
         try:
-            if httpx.get(f"{kbs.url}/healthz", timeout=1).status_code == 200 and (kbs.data_dir / "admin-token").exists():
+            if (
+                httpx.get(f"{kbs.url}/healthz", timeout=1).status_code == 200
+                and (kbs.data_dir / "admin-token").exists()
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -132,14 +164,19 @@ def wait_socket(path: Path, daemon: Daemon, timeout: float = 20) -> None:
 
 
 def start_qgs(workdir: Path, platform: Path, sock: Path, *, wait: bool = True) -> Daemon:
-    daemon = start(["qgs", "serve", "--socket", str(sock), "--backend", "sim", "--platform", str(platform)], workdir / f"{sock.name}.log")
+    daemon = start(
+        ["qgs", "serve", "--socket", str(sock), "--backend", "sim", "--platform", str(platform)],
+        workdir / f"{sock.name}.log",
+    )
     if wait:
         wait_socket(sock, daemon)
     return daemon
 
 
 def start_aesm(workdir: Path, platform: Path, sock: Path) -> Daemon:
-    daemon = start(["aesm", "serve", "--socket", str(sock), "--platform", str(platform)], workdir / "aesm.log")
+    daemon = start(
+        ["aesm", "serve", "--socket", str(sock), "--platform", str(platform)], workdir / "aesm.log"
+    )
     wait_socket(sock, daemon)
     return daemon
 
@@ -156,3 +193,53 @@ def running(*daemons: Daemon) -> Iterator[None]:
 def dm_available() -> bool:
     """Whether device-mapper works here (so `cryptsetup open` can map a device)."""
     return Path("/dev/mapper/control").exists()
+
+
+class LateForwarder:
+    """A TCP port that refuses connections until ``open()``, then forwards to ``target`` (a KBS
+    that is down, then up, as the guest sees it)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._server: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    def open(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

@@ -19,7 +19,16 @@ from teegate.attester.providers.tsm import TsmProvider
 from teegate.attester.uri import parse_resource
 from teegate.sim import SimPlatform
 from tests.integration.attester.conftest import Stack
-from tests.integration.attester.stack import attester, free_port, running, start_aesm, start_kbs, start_qgs, tool_env, wait_kbs
+from tests.integration.attester.stack import (
+    attester,
+    free_port,
+    running,
+    start_aesm,
+    start_kbs,
+    start_qgs,
+    tool_env,
+    wait_kbs,
+)
 from tests.unit.attester.fake_tsm import FakeTsm
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -27,13 +36,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def secret(stack: Stack) -> bytes:
-    stack.kbs.set_resource("default/attester/secret", b"sim-secret\x00\xff", stack.workdir / "res")
+    stack.kbs.set_resource("default/attester/secret", b"sim-secret\x00\xff")
     return b"sim-secret\x00\xff"
 
 
 @pytest.mark.parametrize("key", ["ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256"])
 def test_get_resource_with_sim_evidence(stack: Stack, secret: bytes, key: str) -> None:
-    result = attester(*stack.sim_args(), "--tee-key", key, "get-resource", "--path", "kbs:///default/attester/secret")
+    result = attester(
+        *stack.sim_args(), "--tee-key", key, "get-resource", "--path", "kbs:///default/attester/secret"
+    )
     assert result.returncode == 0, result.stderr
     assert base64.b64decode(result.stdout.strip()) == secret
     assert result.stderr.count("evidence provider: sim") == 1
@@ -43,8 +54,22 @@ def test_raw_output_and_initdata(stack: Stack, secret: bytes, tmp_path: Path) ->
     initdata = tmp_path / "initdata.toml"
     initdata.write_text('version = "0.1.0"\nalgorithm = "sha384"\n[data]\n"cdh.toml" = "x = 1"\n')
     raw = subprocess.run(
-        [sys.executable, "-m", "teegate.attester.cli", *stack.sim_args(), "get-resource", "--path", "default/attester/secret", "--raw", "--initdata", str(initdata)],
-        capture_output=True, timeout=60, env=tool_env(),
+        [
+            sys.executable,
+            "-m",
+            "teegate.attester.cli",
+            *stack.sim_args(),
+            "get-resource",
+            "--path",
+            "default/attester/secret",
+            "--raw",
+            "--initdata",
+            str(initdata),
+        ],
+        capture_output=True,
+        timeout=60,
+        env=tool_env(),
+        check=False,
     )
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout == secret
@@ -69,7 +94,16 @@ def test_refusing_kbs_stops_at_once_with_its_reason(stack: Stack, secret: bytes)
     stack.kbs.admin("set-resource-policy", "--affirming")
     try:
         started = time.monotonic()
-        result = attester(*stack.sim_args(), "--retries", "10", "--deadline", "60", "get-resource", "--path", "default/attester/secret")
+        result = attester(
+            *stack.sim_args(),
+            "--retries",
+            "10",
+            "--deadline",
+            "60",
+            "get-resource",
+            "--path",
+            "default/attester/secret",
+        )
         elapsed = time.monotonic() - started
     finally:
         stack.kbs.admin("set-resource-policy", "--builtin", "dev")
@@ -83,10 +117,34 @@ def test_refusing_kbs_stops_at_once_with_its_reason(stack: Stack, secret: bytes)
 def test_quote_service_down_then_up(stack: Stack, secret: bytes, tmp_path: Path) -> None:
     """The seed's boot: the TD asks for a quote again and again until QGS answers."""
     sock = tmp_path / "late-qgs.sock"
-    args = ["--url", stack.kbs.url, "--evidence", "sim", "--sim-platform", str(stack.platform), "--qgs-socket", str(sock)]
+    args = [
+        "--url",
+        stack.kbs.url,
+        "--evidence",
+        "sim",
+        "--sim-platform",
+        str(stack.platform),
+        "--qgs-socket",
+        str(sock),
+    ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "teegate.attester.cli", *args, "--retries", "100", "--deadline", "40", "get-resource", "--path", "default/attester/secret"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tool_env(),
+        [
+            sys.executable,
+            "-m",
+            "teegate.attester.cli",
+            *args,
+            "--retries",
+            "100",
+            "--deadline",
+            "40",
+            "get-resource",
+            "--path",
+            "default/attester/secret",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tool_env(),
     )
     time.sleep(1.5)
     qgs = start_qgs(tmp_path, stack.platform, sock)
@@ -97,29 +155,64 @@ def test_quote_service_down_then_up(stack: Stack, secret: bytes, tmp_path: Path)
     assert "attempt 1/100 for resource default/attester/secret failed: evidence unavailable" in err
 
 
-def test_kbs_down_then_up(stack: Stack, tmp_path: Path) -> None:
-    port = free_port()
-    args = ["--url", f"http://127.0.0.1:{port}", "--evidence", "sim", "--sim-platform", str(stack.platform), "--qgs-socket", str(stack.qgs_socket)]
+def test_kbs_down_then_up(stack: Stack, secret: bytes) -> None:
+    """The guest starts while the KBS is unreachable; it comes up within the deadline."""
+    late = LateForwarder(int(stack.kbs.url.rsplit(":", 1)[1]))
+    args = [
+        "--url",
+        f"http://127.0.0.1:{late.port}",
+        "--evidence",
+        "sim",
+        "--sim-platform",
+        str(stack.platform),
+    ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "teegate.attester.cli", *args, "--retries", "100", "--deadline", "60", "get-resource", "--path", "default/late/key"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tool_env(),
+        [
+            sys.executable,
+            "-m",
+            "teegate.attester.cli",
+            *args,
+            "--qgs-socket",
+            str(stack.qgs_socket),
+            "--retries",
+            "100",
+            "--deadline",
+            "60",
+            "get-resource",
+            "--path",
+            "default/attester/secret",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tool_env(),
     )
-    time.sleep(1.0)
-    kbs = start_kbs(tmp_path, stack.platform, port)
-    with running(kbs.daemon):
-        kbs.set_resource("default/late/key", b"late", tmp_path / "res")
-        out, err = process.communicate(timeout=90)
-    # The KBS may answer before the resource exists: then the attester reports it missing.
-    if process.returncode == ExitCode.RESOURCE_MISSING:
-        pytest.fail(f"resource raced the first successful attempt: {err}")
+    try:
+        time.sleep(1.5)
+        late.open()
+        out, err = process.communicate(timeout=60)
+    finally:
+        late.close()
     assert process.returncode == 0, err
-    assert base64.b64decode(out.strip()) == b"late"
-    assert "KBS unreachable" in err
+    assert base64.b64decode(out.strip()) == b"sim-secret\x00\xff"
+    assert "failed: KBS unreachable" in err
 
 
 def test_kbs_down_gives_up_within_deadline(stack: Stack) -> None:
     started = time.monotonic()
-    result = attester("--url", f"http://127.0.0.1:{free_port()}", "--evidence", "sample", "--retries", "100", "--deadline", "3", "get-resource", "--path", "a/b/c")
+    result = attester(
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        "--evidence",
+        "sample",
+        "--retries",
+        "100",
+        "--deadline",
+        "1.5",
+        "get-resource",
+        "--path",
+        "a/b/c",
+    )
     assert result.returncode == ExitCode.KBS_UNREACHABLE
     assert time.monotonic() - started < 10
     assert "gave up on resource a/b/c" in result.stderr
@@ -130,8 +223,17 @@ def test_sgx_out_of_process_via_aesm(stack: Stack, secret: bytes, tmp_path: Path
     aesm = start_aesm(tmp_path, stack.platform, sock)
     with running(aesm):
         result = attester(
-            "--url", stack.kbs.url, "--sim-platform", str(stack.platform), "--aesm-socket", str(sock),
-            "--tsm-root", str(tmp_path / "no-tsm"), "get-resource", "--path", "default/attester/secret",
+            "--url",
+            stack.kbs.url,
+            "--sim-platform",
+            str(stack.platform),
+            "--aesm-socket",
+            str(sock),
+            "--tsm-root",
+            str(tmp_path / "no-tsm"),
+            "get-resource",
+            "--path",
+            "default/attester/secret",
             env=tool_env(SGX_AESM_ADDR="1"),
         )
     assert result.returncode == 0, result.stderr
@@ -142,7 +244,9 @@ def test_sgx_out_of_process_via_aesm(stack: Stack, secret: bytes, tmp_path: Path
 def test_configfs_tsm_tree_quoted_by_qgs(stack: Stack, secret: bytes, tmp_path: Path) -> None:
     """configfs-tsm as on a TD: the 'kernel' turns inblob into a TDREPORT and QEMU asks QGS for the quote."""
     platform = SimPlatform.load(stack.platform)
-    fake = FakeTsm(tmp_path / "tsm", report=lambda inblob: quote_tdreport(stack.qgs_socket, platform.tdreport(inblob)))
+    fake = FakeTsm(
+        tmp_path / "tsm", report=lambda inblob: quote_tdreport(stack.qgs_socket, platform.tdreport(inblob))
+    )
     provider = TsmProvider(fake.root, ops=fake.ops, ccel_path=tmp_path / "none", aael_path=tmp_path / "none")
     with KbsClient(stack.kbs.url, provider, retry=RetryPolicy(attempts=1)) as client:
         assert client.get_resource(parse_resource("default/attester/secret")) == secret

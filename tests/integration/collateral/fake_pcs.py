@@ -41,12 +41,19 @@ class FakePcs:
 
     routes: dict[str, Canned] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)
+    api_keys: list[str | None] = field(default_factory=list)
+    #: Answer 503 to this many requests first (to exercise retries).
+    fail_first: int = 0
 
     def app(self) -> Starlette:
         async def handle(request: Request) -> Response:
             query = urllib.parse.urlencode(sorted(request.query_params.multi_items()))
             target = request.url.path + (f"?{query}" if query else "")
             self.hits.append(target)
+            self.api_keys.append(request.headers.get("Ocp-Apim-Subscription-Key"))
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return Response(b"busy", status_code=503, headers={"Retry-After": "0"})
             canned = self.routes.get(target)
             if canned is None:
                 return Response(b"", status_code=404)
@@ -147,13 +154,14 @@ def gotdx_fake(vectors: Path) -> FakePcs:
 
 
 @contextmanager
-def serve(app: Starlette) -> Iterator[str]:
-    """Run ``app`` with uvicorn on an ephemeral loopback port; yields its base URL."""
+def serve(app: Starlette, *, certfile: Path | None = None, keyfile: Path | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn on an ephemeral loopback port (HTTPS with a cert); yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)} if certfile and keyfile else {}
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **tls))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -162,8 +170,42 @@ def serve(app: Starlette) -> Iterator[str]:
             raise RuntimeError("test HTTP server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA): (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teegate test 127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path

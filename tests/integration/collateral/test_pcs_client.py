@@ -138,3 +138,51 @@ async def test_der_recording_of_processor_crl_accepted(vectors: Path) -> None:
     with serve(fake.app()) as url:
         got = await PcsClient(url).get(CollateralKey("sgx", "00906ED50000", "processor"), now=NOW)
     assert got.pck_crl == der
+
+
+async def test_retries_then_succeeds_and_sends_api_key(vectors: Path) -> None:
+    fake = teepotpcs_fake(vectors)
+    fake.fail_first = 3
+    with serve(fake.app()) as url:
+        client = PcsClient(url, api_key="k3y", retry_times=3, retry_delay=0.01)
+        got = await client.get(CollateralKey("tdx", "00806F050000", "platform"), now=NOW)
+    assert got == _expected(vectors, "teepotpcs_tdx_00806F050000_2025-05")
+    assert len(fake.hits) == 4 + 3
+    assert set(fake.api_keys) == {"k3y"}
+
+
+async def test_no_retry_gives_up_with_503(vectors: Path) -> None:
+    fake = teepotpcs_fake(vectors)
+    fake.fail_first = 1
+    with serve(fake.app()) as url, pytest.raises(CollateralUnavailable, match="HTTP 503"):
+        await PcsClient(url).get(CollateralKey("tdx", "00806F050000", "platform"), now=NOW)
+
+
+async def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    from teegate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TLS CA bundle"):
+        await PcsClient("https://127.0.0.1:9", verify=str(tmp_path / "nope.pem")).get(
+            CollateralKey("tdx", "00806F050000", "platform"), now=NOW
+        )
+
+
+async def test_tls_verified_by_default(
+    vectors: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .fake_pcs import self_signed
+
+    cert, key = self_signed(tmp_path)
+    tdx = CollateralKey("tdx", "00806F050000", "platform")
+    with serve(teepotpcs_fake(vectors).app(), certfile=cert, keyfile=key) as url:
+        assert url.startswith("https://")
+        with pytest.raises(
+            CollateralUnavailable, match=r"unreachable: ConnectError.*CERTIFICATE_VERIFY_FAILED"
+        ):
+            await PcsClient(url).get(tdx, now=NOW)
+        trusted = await PcsClient(url, verify=str(cert)).get(tdx, now=NOW)
+        insecure = PcsClient(url, verify=False)
+        assert await insecure.get(tdx, now=NOW) == trusted
+    assert trusted == _expected(vectors, "teepotpcs_tdx_00806F050000_2025-05")
+    assert insecure.insecure == ["use_secure_cert=false: TLS certificate verification disabled"]
+    assert "INSECURE collateral client option: use_secure_cert=false" in caplog.text

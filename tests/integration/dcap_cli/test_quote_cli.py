@@ -191,3 +191,42 @@ def test_verify_simulated_quote_only_with_its_root(tmp_path: Path) -> None:
     d = json.loads(r.stdout)
     assert d["simulated"] is True
     assert d["claims"]["report_data"] == "07" * 64
+
+
+def test_verify_with_bundle_directory(tmp_path: Path) -> None:
+    case = _case("dcap-qvl/tdx_quote", "UpToDate")
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    r = run("verify", TDX, "--collateral", bundles, "--at", case["at_iso"])
+    assert r.returncode == 1 and "no collateral for tdx FMSPC B0C06F000000" in r.stderr
+    (bundles / "tdx-B0C06F000000-platform.json").write_text((V / case["collateral"]).read_text())
+    r = run("verify", TDX, "--collateral", bundles, "--at", case["at_iso"], "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "UpToDate"
+
+
+def test_verify_needs_exactly_one_collateral_option() -> None:
+    r = run("verify", TDX, "--at", TDX_AT)
+    assert r.returncode == 2 and "exactly one" in r.stderr
+    r = run("verify", TDX, "--collateral", TDX_COLLATERAL, "--pccs", "https://127.0.0.1:1", "--at", TDX_AT)
+    assert r.returncode == 2 and "exactly one" in r.stderr
+
+
+def test_verify_with_pccs() -> None:
+    from tests.integration.collateral.fake_pcs import serve, teepotpcs_fake
+
+    quote = "go-tdx-guest/ccel/cos-113-tdx-quote.dat"
+    case = next(
+        c
+        for c in json.loads((V / "cases.json").read_text())
+        if c["quote"] == quote and "teepotpcs_tdx" in c["collateral"]
+    )
+    with serve(teepotpcs_fake(V).app()) as url:
+        r = run("verify", V / quote, "--pccs", url, "--at", case["at_iso"], "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["status"] == case["dcap_qvl"]["status"]
+    assert d["advisory_ids"] == case["dcap_qvl"]["advisories"]
+    # nothing listens on port 9 of loopback: collateral unavailable is a failure, not bad input
+    r = run("verify", V / quote, "--pccs", "http://127.0.0.1:9", "--at", case["at_iso"])
+    assert r.returncode == 1 and "no collateral" in r.stderr

@@ -339,3 +339,37 @@ def test_explain_denials_via_cli(server: AdminApiServer, tmp_path: Path) -> None
     with _client(server, _token()) as c:
         _err(c.get("/kbs/v0/admin/denials", params={"limit": "0"}), 400, "SerdeError")
         _err(c.get("/kbs/v0/admin/denials", params={"limit": "x"}), 400, "SerdeError")
+
+
+def _jwks(key: ec.EllipticCurvePrivateKey, kid: str) -> str:
+    numbers = key.public_key().public_numbers()
+
+    def b64(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    return json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(numbers.x), "y": b64(numbers.y)}]})
+
+
+def test_jwks_rotation(tmp_path: Path) -> None:
+    from teegate.kbs.admin_auth import JwksFileProvider
+
+    first, second = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(_jwks(first, "k1"))
+    provider = JwksFileProvider(jwks_file, name="idp", check_interval=0)
+    config = AdminAuthConfig.single_key(ed25519.Ed25519PrivateKey.generate().public_key())
+    srv = AdminApiServer(tmp_path / "kbs", config, jwks=[provider])
+    srv.start()
+    try:
+        now = datetime.now(UTC)
+        old = mint_admin_token(first, role="admin", now=now, ttl_seconds=300, kid="k1")
+        new = mint_admin_token(second, role="admin", now=now, ttl_seconds=300, kid="k2")
+        with _client(srv, old) as c:
+            assert c.get("/kbs/v0/resource").status_code == 200
+        jwks_file.write_text(_jwks(second, "k2") + "\n")
+        with _client(srv, old) as c:
+            _err(c.get("/kbs/v0/resource"), 401, "AdminAuthAccess")
+        with _client(srv, new) as c:
+            assert c.get("/kbs/v0/resource").status_code == 200
+    finally:
+        srv.stop()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from teegate.kbs.admin_auth import load_or_create_admin_key, mint_admin_token
 from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
+from teegate.kbs.paths import admin_key_path
 from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
 from tests.integration.kbs_flow.harness import Guest, error_type, serve
 
@@ -200,6 +204,16 @@ def test_policy_deny_outside_dev_profile(tmp_path: Path) -> None:
             assert g.auth().status_code == 200
             assert g.attest().status_code == 200
             _check(g.resource("default/key/1"), 401, "PolicyDeny", "denied")
+            # The denial is explained to an admin: which policy, which trust-vector entries.
+            key = load_or_create_admin_key(admin_key_path(tmp_path))
+            token = mint_admin_token(key, role="admin", now=datetime.now(UTC), ttl_seconds=60)
+            r = g.client.get("/kbs/v0/admin/denials", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            denial = r.json()["denials"][0]
+            assert denial["resource_path"] == "default/key/1" and denial["tee"] == "sample"
+            assert denial["verdict"] == "denied" and denial["policy_id"]
+            assert denial["trust_vector"]["hardware"] == 97
+            assert "secret" not in json.dumps(denial)
         finally:
             g.close()
 

@@ -164,3 +164,87 @@ def test_simulated_quote_refused_without_sim_anchor(tmp_path: Path, platform: Si
             assert error_type(response) == "AttestationError"
         finally:
             guest.close()
+
+
+INIT_DATA = 'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n"aa.toml" = "x"\npolicy = "allow"\n'
+
+
+def test_init_data_bound_to_mrconfigid(kbs: str, platform: SimPlatform) -> None:
+    import hashlib
+
+    guest = Guest(kbs, tee="tdx")
+    try:
+        digest = hashlib.sha384(INIT_DATA.encode()).digest()
+        assert guest.auth().status_code == 200
+        body = guest.attestation(_tdx_evidence(platform, guest.digest(), mr_config_id=digest))
+        body["init-data"] = {"format": "toml", "body": INIT_DATA}
+        attest = guest.attest(body)
+        assert attest.status_code == 200, attest.text
+        evidence = _claims(attest.json()["token"])["submods"]["cpu0"]["ear.veraison.annotated-evidence"]  # type: ignore[index]
+        assert evidence["init_data_claims"] == {"aa.toml": "x", "policy": "allow"}
+        assert evidence["init_data"] == digest.hex()
+        # Init data that is not what the TD measured is refused.
+        assert guest.auth().status_code == 200
+        body = guest.attestation(_tdx_evidence(platform, guest.digest(), mr_config_id=b"\x07" * 48))
+        body["init-data"] = {"format": "toml", "body": INIT_DATA}
+        response = guest.attest(body)
+        assert response.status_code == 401 and "MRCONFIGID" in response.json()["detail"]
+    finally:
+        guest.close()
+
+
+def test_sim_sgx_and_tdx_v5(kbs: str, platform: SimPlatform) -> None:
+    guest = Guest(kbs, tee="sgx")
+    try:
+        assert guest.auth().status_code == 200
+        quote = platform.sgx_quote(pad_report_data(guest.digest()))
+        attest = guest.attest(guest.attestation({"quote": base64.b64encode(quote).decode()}))
+        assert attest.status_code == 200, attest.text
+        assert "sgx" in _claims(attest.json()["token"])["submods"]["cpu0"]["ear.veraison.annotated-evidence"]  # type: ignore[index]
+        assert guest.resource("default/tdx-vm-disk/passphrase").status_code == 200
+    finally:
+        guest.close()
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        attest = guest.attest(guest.attestation(_tdx_evidence(platform, guest.digest(), version=5)))
+        assert attest.status_code == 200, attest.text
+    finally:
+        guest.close()
+
+
+def test_sgx_quote_in_tdx_session_refused(kbs: str, platform: SimPlatform) -> None:
+    guest = Guest(kbs, tee="tdx")
+    try:
+        assert guest.auth().status_code == 200
+        quote = platform.sgx_quote(pad_report_data(guest.digest()))
+        response = guest.attest(guest.attestation({"quote": base64.b64encode(quote).decode()}))
+        assert response.status_code == 401 and "TEE_MISMATCH" in response.json()["detail"]
+    finally:
+        guest.close()
+
+
+def test_out_of_date_tcb_under_strict_policy_is_denied(tmp_path: Path) -> None:
+    stale = SimPlatform.create(tmp_path / "stale", tcb_status="OutOfDate")
+    data = tmp_path / "kbs"
+    asyncio.run(_put(data, "default/tdx-vm-disk/passphrase", SECRET))
+    settings = KbsSettings(
+        data_dir=data,
+        storage=StorageSettings(data_dir=data),
+        trust_simulated=True,
+        sim_platform=stale.directory,
+        attestation_policy_id="strict",
+    )
+    with serve(build_app(settings)) as url:
+        guest = Guest(url, tee="tdx")
+        try:
+            assert guest.auth().status_code == 200
+            attest = guest.attest(guest.attestation(_tdx_evidence(stale, guest.digest())))
+            assert attest.status_code == 200, attest.text
+            cpu0 = _claims(attest.json()["token"])["submods"]["cpu0"]  # type: ignore[index]
+            assert cpu0["ear.veraison.annotated-evidence"]["tdx"]["tcb_status"] == "OutOfDate"
+            assert cpu0["ear.status"] == "contraindicated"
+            response = guest.resource("default/tdx-vm-disk/passphrase")
+            assert response.status_code == 401 and error_type(response) == "PolicyDeny"
+        finally:
+            guest.close()

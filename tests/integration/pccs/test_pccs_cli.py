@@ -38,7 +38,21 @@ def _teegate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
     )
 
 
-def test_collateral_fetch_then_offline(vectors: Path, tmp_path: Path) -> None:
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``teegate ARGS`` in this process: (exit code, stderr)."""
+    from teegate.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_collateral_fetch_then_offline(
+    vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, cache = tmp_path / "bundle.json", tmp_path / "cache"
     expected = Collateral.from_json(
         (vectors / "_collateral_sets" / "teepotpcs_tdx_00806F050000_2025-05.json").read_text()
@@ -56,17 +70,20 @@ def test_collateral_fetch_then_offline(vectors: Path, tmp_path: Path) -> None:
         str(cache),
     ]
     with serve(teepotpcs_fake(vectors).app()) as url:
-        r = _teegate(*common, "--pccs", url, "--out", str(out))
-    assert r.returncode == 0, r.stderr
+        code, err = _main(capsys, *common, "--pccs", url, "--out", str(out))
+    assert code == 0, err
     assert Collateral.from_json(out.read_text()) == expected
-    r = _teegate(*common, "--offline", "--out", str(tmp_path / "again.json"))
-    assert r.returncode == 0, r.stderr
+    code, err = _main(capsys, *common, "--offline", "--out", str(tmp_path / "again.json"))
+    assert code == 0, err
     assert Collateral.from_json((tmp_path / "again.json").read_text()) == expected
+    # A real process: the exit code and the one-line diagnosis.
     r = _teegate(*common, "--offline", "--out", str(tmp_path / "x.json"), "--ca", "processor")
     assert r.returncode == 1
     assert "offline: TDX collateral for FMSPC 00806F050000 (PCK processor CA) is not cached" in r.stderr
-    r = _teegate("collateral", "fetch", "--fmspc", "xyz", "--tee", "tdx", "--offline", "--out", "-")
-    assert r.returncode != 0 and "--fmspc" in r.stderr
+    code, err = _main(
+        capsys, "collateral", "fetch", "--fmspc", "xyz", "--tee", "tdx", "--offline", "--out", "-"
+    )
+    assert code != 0 and "--fmspc" in err
 
 
 async def test_pccs_serve_process(tmp_path: Path) -> None:
@@ -123,3 +140,39 @@ def test_pccs_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
     r = _teegate("pccs", "serve", "--listen", "0.0.0.0:1", "--data-dir", str(tmp_path), "--mode", "offline")
     assert r.returncode == 1
     assert "refusing plain HTTP on 0.0.0.0" in r.stderr and "--insecure-http" in r.stderr
+
+
+def test_insecure_options_are_named(tmp_path: Path) -> None:
+    from teegate.collateral import CollateralSettings
+    from teegate.node.pccs import PccsSettings
+
+    off_loopback = PccsSettings(host="0.0.0.0", insecure_http=True, mode="offline", data_dir=tmp_path)
+    assert off_loopback.insecure == ["--insecure-http: plain HTTP off loopback"]
+    upstream = PccsSettings(upstream=CollateralSettings(pccs_url="http://pcs.example"), data_dir=tmp_path)
+    assert upstream.insecure == ["plain HTTP upstream"]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "teegate.cli",
+            "pccs",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path),
+            "--upstream",
+            "http://127.0.0.1:9",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]
+        start = next(line for line in lines if "listening on" in line)
+        assert "INSECURE: plain HTTP upstream" in start and "writes disabled" in start
+    finally:
+        proc.terminate()
+        proc.wait(10)

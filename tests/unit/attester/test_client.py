@@ -77,23 +77,29 @@ def test_refusal_stops_at_once_with_the_kbs_detail() -> None:
         FakeKbs(Behaviour(attest_refusal="TCB status OutOfDate is not allowed")) as kbs,
         _client(kbs.url, sleep=sleeps) as client,
     ):
-        with pytest.raises(AttestationRefused, match="PolicyDeny.*TCB status OutOfDate") as info:
+        with pytest.raises(AttestationRefused, match=r"PolicyDeny.*TCB status OutOfDate") as info:
             client.get_resource(REF)
         assert info.value.detail == "TCB status OutOfDate is not allowed"
         assert sleeps.calls == [] and kbs.handshakes == 1
 
 
 def test_missing_resource() -> None:
-    with FakeKbs() as kbs, _client(kbs.url) as client:
-        with pytest.raises(ResourceMissing, match="default/key/absent"):
-            client.get_resource(parse_resource("kbs:///default/key/absent"))
+    with (
+        FakeKbs() as kbs,
+        _client(kbs.url) as client,
+        pytest.raises(ResourceMissing, match=r"default/key/absent"),
+    ):
+        client.get_resource(parse_resource("kbs:///default/key/absent"))
 
 
 def test_resource_denied_by_policy_is_refusal() -> None:
     body = b'{"type":"https://github.com/confidential-containers/kbs/errors/PolicyDeny","detail":"resource policy denied"}'
-    with FakeKbs(Behaviour(resource_status=(401, body))) as kbs, _client(kbs.url) as client:
-        with pytest.raises(AttestationRefused, match="resource policy denied"):
-            client.get_resource(REF)
+    with (
+        FakeKbs(Behaviour(resource_status=(401, body))) as kbs,
+        _client(kbs.url) as client,
+        pytest.raises(AttestationRefused, match=r"resource policy denied"),
+    ):
+        client.get_resource(REF)
 
 
 def test_503_is_retried_with_backoff() -> None:
@@ -177,9 +183,12 @@ def test_deadline_bounds_total_time() -> None:
 )
 def test_malicious_kbs_gets_a_clear_error_and_no_secret(behaviour: Behaviour, message: str) -> None:
     sleeps = Sleeps()
-    with FakeKbs(behaviour) as kbs, _client(kbs.url, sleep=sleeps) as client:
-        with pytest.raises(KbsProtocolError, match=message):
-            client.get_resource(REF)
+    with (
+        FakeKbs(behaviour) as kbs,
+        _client(kbs.url, sleep=sleeps) as client,
+        pytest.raises(KbsProtocolError, match=message),
+    ):
+        client.get_resource(REF)
     assert sleeps.calls == []  # a broken KBS is not retried
 
 
@@ -190,16 +199,18 @@ def test_tls_custom_ca(tmp_path: Path) -> None:
         with _client(kbs.url, cert_file=ca_path) as client:
             assert client.get_resource(REF) == b"s3cret"
         sleeps = Sleeps()
-        with _client(kbs.url, cert_file=other_ca, sleep=sleeps) as client:
-            with pytest.raises(KbsTlsError, match="does not verify against the trusted CA"):
-                client.get_resource(REF)
+        with (
+            _client(kbs.url, cert_file=other_ca, sleep=sleeps) as client,
+            pytest.raises(KbsTlsError, match=r"does not verify against the trusted CA"),
+        ):
+            client.get_resource(REF)
         assert sleeps.calls == []
         assert kbs.handshakes == 1
 
 
 def test_plain_http_off_loopback_needs_the_insecure_flag() -> None:
-    with pytest.raises(ConfigError, match="plain HTTP off loopback"):
+    with pytest.raises(ConfigError, match=r"plain HTTP off loopback"):
         KbsClient("http://10.0.0.1:8080", SampleProvider())
     KbsClient("http://10.0.0.1:8080", SampleProvider(), insecure_http=True).close()
-    with pytest.raises(ConfigError, match="must be http"):
+    with pytest.raises(ConfigError, match=r"must be http"):
         KbsClient("ftp://kbs", SampleProvider())

@@ -52,14 +52,14 @@ def test_eventlog_attached_from_ccel(tmp_path: Path) -> None:
 
 def test_wrong_provider(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", provider="arm_cca_guest")
-    with pytest.raises(EvidenceUnavailable, match="provider 'arm_cca_guest' is not supported"):
+    with pytest.raises(EvidenceUnavailable, match=r"provider 'arm_cca_guest' is not supported"):
         _provider(fake, tmp_path)
     assert list(fake.root.iterdir()) == []
 
 
 def test_sev_provider_is_named_not_silently_used(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", provider="sev_guest")
-    with pytest.raises(EvidenceUnavailable, match="sev_guest.*snp"):
+    with pytest.raises(EvidenceUnavailable, match=r"sev_guest.*snp"):
         _provider(fake, tmp_path)
 
 
@@ -67,7 +67,7 @@ def test_provider_changed_between_probe_and_report(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm")
     provider = _provider(fake, tmp_path)
     fake.provider = "sev_guest"
-    with pytest.raises(EvidenceUnavailable, match="entry provider is 'sev_guest', expected 'tdx_guest'"):
+    with pytest.raises(EvidenceUnavailable, match=r"entry provider is 'sev_guest', expected 'tdx_guest'"):
         provider.evidence(DIGEST)
     assert list(fake.root.iterdir()) == []
 
@@ -75,7 +75,7 @@ def test_provider_changed_between_probe_and_report(tmp_path: Path) -> None:
 def test_generation_race_is_detected_and_retryable(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", extra_writers=1)
     provider = _provider(fake, tmp_path)
-    with pytest.raises(EvidenceUnavailable, match="generation went 0 -> 2") as info:
+    with pytest.raises(EvidenceUnavailable, match=r"generation went 0 -> 2") as info:
         provider.evidence(DIGEST)
     assert info.value.retryable
     assert list(fake.root.iterdir()) == []
@@ -84,7 +84,7 @@ def test_generation_race_is_detected_and_retryable(tmp_path: Path) -> None:
 def test_missing_outblob(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", omit_outblob=True)
     provider = _provider(fake, tmp_path)
-    with pytest.raises(EvidenceUnavailable, match="reading outblob.*missing|outblob is missing") as info:
+    with pytest.raises(EvidenceUnavailable, match=r"reading outblob.*missing|outblob is missing") as info:
         provider.evidence(DIGEST)
     assert not info.value.retryable
     assert list(fake.root.iterdir()) == []
@@ -92,13 +92,13 @@ def test_missing_outblob(tmp_path: Path) -> None:
 
 def test_permission_denied(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", mkdir_error=errno.EACCES)
-    with pytest.raises(EvidenceUnavailable, match="permission denied.*run the attester as root"):
+    with pytest.raises(EvidenceUnavailable, match=r"permission denied.*run the attester as root"):
         _provider(fake, tmp_path)
 
 
 def test_no_tsm_provider_registered(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm", mkdir_error=errno.ENXIO)
-    with pytest.raises(EvidenceUnavailable, match="no TSM provider is registered"):
+    with pytest.raises(EvidenceUnavailable, match=r"no TSM provider is registered"):
         _provider(fake, tmp_path)
 
 
@@ -110,20 +110,20 @@ def test_busy_quote_service_is_retryable(tmp_path: Path) -> None:
 
 
 def test_root_missing(tmp_path: Path) -> None:
-    with pytest.raises(EvidenceUnavailable, match="does not exist"):
+    with pytest.raises(EvidenceUnavailable, match=r"does not exist"):
         TsmProvider(tmp_path / "absent")
 
 
 def test_oversized_report_data_refused(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm")
-    with pytest.raises(EvidenceUnavailable, match="exceeds 64"):
+    with pytest.raises(EvidenceUnavailable, match=r"exceeds 64"):
         _provider(fake, tmp_path).evidence(bytes(65))
 
 
 def test_auto_selection_never_falls_back_to_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SGX_AESM_ADDR", raising=False)
     options = ProviderOptions(tsm_root=tmp_path / "none", tdx_device=tmp_path / "no-dev")
-    with pytest.raises(EvidenceUnavailable, match="no TEE evidence source found.*--evidence sample"):
+    with pytest.raises(EvidenceUnavailable, match=r"no TEE evidence source found.*--evidence sample"):
         select_provider("auto", options)
     provider, why = select_provider("sample", options)
     assert provider.name == "sample" and why == "requested"

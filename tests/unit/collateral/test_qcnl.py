@@ -85,6 +85,8 @@ def test_legacy_format() -> None:
         ('{"pccs_url": "ftp://x"}', "must be http"),
         ('{"pccs_url": "https://x", "use_secure_cert": "maybe"}', "use_secure_cert must be true or false"),
         ('{"pccs_url": "https://x", "retry_times": 1000}', "retry_times must be 0..20"),
+        ('{"pccs_url": "https://x", "retry_delay": 1e400}', "retry_delay must be an integer"),
+        ('{"pccs_url": "http://[::1"}', "Invalid IPv6 URL"),
         ('{"pccs_url": "https://x"} /* open', "unterminated"),
         ("PCCS_URL", "expected KEY=value"),
     ],

@@ -54,6 +54,7 @@ def test_revoked_pck(platform: SimPlatform, tee: str) -> None:
     with pytest.raises(VerificationError) as info:
         QuoteVerifier(TrustAnchors((platform.anchor(),))).verify(_quote(platform, tee), collateral, now=NOW)
     assert info.value.code == "PCK_REVOKED"
+    assert info.value.step == "3 CRLs"
 
 
 @pytest.mark.parametrize("tee", ["tdx", "sgx"])

@@ -38,10 +38,16 @@ XFAM = "e702060000000000"
 TDX_RVS = {"mr_td": [MR_TD], "rtmr_1": [RTMR1], "rtmr_2": [RTMR2], "xfam": [XFAM]}
 
 
-def tdx_claims(*, debug: bool = False, tcb: str = "UpToDate", mr_td: str = MR_TD, **extra: Any) -> dict[str, Any]:
+def tdx_claims(
+    *, debug: bool = False, tcb: str = "UpToDate", mr_td: str = MR_TD, **extra: Any
+) -> dict[str, Any]:
     return {
         "quote": {
-            "header": {"version": "0400", "tee_type": "81000000", "vendor_id": "939a7233f79c4ca9940a0db3957f0607"},
+            "header": {
+                "version": "0400",
+                "tee_type": "81000000",
+                "vendor_id": "939a7233f79c4ca9940a0db3957f0607",
+            },
             "body": {"mr_td": mr_td, "rtmr_1": RTMR1, "rtmr_2": RTMR2, "xfam": XFAM},
         },
         "td_attributes": {"debug": debug},

@@ -55,7 +55,11 @@ async def test_tdx_affirming_with_reference_values(engine: PolicyEngine) -> None
 async def test_tdx_without_reference_values_is_contraindicated(engine: PolicyEngine) -> None:
     a = await engine.appraise("tdx", tdx_claims())
     assert a.status == "contraindicated"
-    assert (a.trust_vector["hardware"], a.trust_vector["executables"], a.trust_vector["configuration"]) == (97, 33, 36)
+    assert (a.trust_vector["hardware"], a.trust_vector["executables"], a.trust_vector["configuration"]) == (
+        97,
+        33,
+        36,
+    )
     assert 'tdx mr_td is not among reference values "mr_td"' in a.explanation["reasons"]
     assert any("hardware=97 (contraindicated" in line for line in a.explanation["trust_vector"])
 
@@ -76,7 +80,9 @@ async def test_out_of_date_tcb_warning_by_default_refused_by_strict(engine: Poli
     assert strict.evaluated_policy_id == "strict_cpu" and strict.policy_id == "strict"
     assert strict.status == "contraindicated" and strict.trust_vector["hardware"] == 96
     # Only the first id counts (as Trustee); SWHardeningNeeded stays a warning under strict.
-    hardening = await engine.appraise("tdx", tdx_claims(tcb="SWHardeningNeeded"), policy_ids=["strict", "default"])
+    hardening = await engine.appraise(
+        "tdx", tdx_claims(tcb="SWHardeningNeeded"), policy_ids=["strict", "default"]
+    )
     assert hardening.status == "warning" and hardening.trust_vector["hardware"] == 32
     assert (await engine.appraise("tdx", tdx_claims(), policy_ids=["strict"])).status == "affirming"
 
@@ -113,14 +119,16 @@ async def test_sgx_debug_enclave(engine: PolicyEngine) -> None:
 async def test_custom_policy_replaces_builtin_and_cache_follows_versions(
     engine: PolicyEngine, storage: Storage
 ) -> None:
-    mine = "package policy\nimport rego.v1\n\ntrust_claims := {\"hardware\": 2, \"configuration\": 3}\n"
+    mine = 'package policy\nimport rego.v1\n\ntrust_claims := {"hardware": 2, "configuration": 3}\n'
     assert await engine.set_attestation_policy("default_cpu", mine) == 1
     a = await engine.appraise("tdx", tdx_claims())
     assert (a.status, a.policy_version, a.trust_vector["configuration"]) == ("affirming", 1, 3)
     compiled = engine.compilations
     await engine.appraise("tdx", tdx_claims())
     assert engine.compilations == compiled  # compiled once per version
-    await engine.set_attestation_policy("default_cpu", mine.replace('"configuration": 3', '"configuration": 96'))
+    await engine.set_attestation_policy(
+        "default_cpu", mine.replace('"configuration": 3', '"configuration": 96')
+    )
     b = await engine.appraise("tdx", tdx_claims())
     assert (b.status, b.policy_version) == ("contraindicated", 2)
     # A second replica over the same store sees the update at once.
@@ -140,11 +148,13 @@ async def test_custom_policy_replaces_builtin_and_cache_follows_versions(
         ("package policy\ntrust_claims {", "does not compile"),
         ("package other\ntrust_claims := {}\n", "package 'policy'"),
         ("package policy\nallow := true\n", "trust_claims"),
-        ("package policy\nimport rego.v1\ntrust_claims := {\"hardware\": nope(1)}\n", "nope"),
+        ('package policy\nimport rego.v1\ntrust_claims := {"hardware": nope(1)}\n', "nope"),
     ],
 )
 async def test_bad_attestation_policy_refused_when_set(engine: PolicyEngine, text: str, message: str) -> None:
-    await engine.set_attestation_policy("default_cpu", builtin_policy_text(PolicyKind.ATTESTATION, "strict_cpu"))
+    await engine.set_attestation_policy(
+        "default_cpu", builtin_policy_text(PolicyKind.ATTESTATION, "strict_cpu")
+    )
     with pytest.raises(PolicySyntaxError, match=message) as info:
         await engine.set_attestation_policy("default_cpu", text)
     assert "Stack backtrace" not in str(info.value)
@@ -161,7 +171,9 @@ async def test_bad_attestation_policy_refused_when_set(engine: PolicyEngine, tex
         ('"x"', "not an object"),
     ],
 )
-async def test_unusable_trust_claims_give_no_appraisal(engine: PolicyEngine, claims: str, message: str) -> None:
+async def test_unusable_trust_claims_give_no_appraisal(
+    engine: PolicyEngine, claims: str, message: str
+) -> None:
     await engine.set_attestation_policy("default_cpu", f"package policy\ntrust_claims := {claims}\n")
     with pytest.raises(PolicyEvaluationError, match=message):
         await engine.appraise("tdx", tdx_claims())
@@ -174,7 +186,8 @@ async def test_undefined_trust_claims_and_runtime_error(engine: PolicyEngine) ->
     with pytest.raises(PolicyEvaluationError, match="no trust_claims"):
         await engine.appraise("tdx", tdx_claims())
     await engine.set_attestation_policy(
-        "default_cpu", 'package policy\nimport rego.v1\ntrust_claims := {"hardware": 1 / count([])} if input.tdx\n'
+        "default_cpu",
+        'package policy\nimport rego.v1\ntrust_claims := {"hardware": 1 / count([])} if input.tdx\n',
     )
     with pytest.raises(PolicyEvaluationError, match="divide by zero"):
         await engine.appraise("tdx", tdx_claims())
@@ -210,14 +223,21 @@ trust_claims := {"hardware": hardware}
 """
     await engine.set_attestation_policy("legacy_cpu", legacy)
     assert (await engine.appraise("tdx", tdx_claims(), policy_ids=["legacy"])).status == "affirming"
-    assert (await engine.appraise("tdx", tdx_claims(mr_td="00" * 48), policy_ids=["legacy"])).status == "contraindicated"
+    assert (
+        await engine.appraise("tdx", tdx_claims(mr_td="00" * 48), policy_ids=["legacy"])
+    ).status == "contraindicated"
 
 
 async def test_init_data_claims_feed_identifiers_extension(engine: PolicyEngine) -> None:
     init = {
         "agent_policy_claims": {
             "containers": [
-                {"OCI": {"Annotations": {"io.kubernetes.cri.image-name": "nginx"}, "Process": {"User": {"UID": 0}}}}
+                {
+                    "OCI": {
+                        "Annotations": {"io.kubernetes.cri.image-name": "nginx"},
+                        "Process": {"User": {"UID": 0}},
+                    }
+                }
             ]
         }
     }

@@ -46,14 +46,19 @@ sample = true
     )
     settings = load_settings(
         config,
-        environ={"TEEGATE_DATA_DIR": str(tmp_path / "d"), "TEEGATE_KBS_RESOURCES_DIR": str(tmp_path / "res"),
-                 "TEEGATE_KBS_POSTGRES_URL": "postgresql://kbs@db/kbs"},
+        environ={
+            "TEEGATE_DATA_DIR": str(tmp_path / "d"),
+            "TEEGATE_KBS_RESOURCES_DIR": str(tmp_path / "res"),
+            "TEEGATE_KBS_POSTGRES_URL": "postgresql://kbs@db/kbs",
+        },
     )
     assert settings.listen == ("0.0.0.0", 8080) and settings.insecure_http
     assert settings.max_body_bytes == 4 * 1024 * 1024 and settings.token_ttl_seconds == 600
     assert settings.session_timeout_seconds == 120 and settings.allow_sample
     assert settings.resource_policy_path == tmp_path / "policy.rego"
-    assert settings.storage.backend is Backend.DIRECTORY and settings.storage.directory_root == tmp_path / "res"
+    assert (
+        settings.storage.backend is Backend.DIRECTORY and settings.storage.directory_root == tmp_path / "res"
+    )
     assert settings.storage.effective_state_backend is StateBackend.POSTGRES
     assert "insecure_http (plain HTTP off loopback)" in settings.insecure_options()
     assert "sample-evidence" in settings.insecure_options()

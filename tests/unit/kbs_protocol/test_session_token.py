@@ -136,3 +136,43 @@ def test_token_from_untrusted_key_refused_even_with_header_jwk() -> None:
         TokenVerifier([_key().public_key()]).verify("not-a-token", now=int(NOW))
     with pytest.raises(TokenError, match="Failed to extract"):
         extract_tee_pubkey({"submods": {}})
+
+
+def test_configured_signer_key_and_x5c(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from teegate.kbs.token import load_cert_chain
+
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kbs token signer")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = tmp_path / "k.pem", tmp_path / "c.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    loaded = load_or_create_token_key(key_path, create=False)
+    x5c = load_cert_chain(cert_path, loaded)
+    token = TokenSigner(loaded, x5c=x5c).sign(ear_claims(submods={}, now=int(NOW)))
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header["x5c"] == [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    with pytest.raises(ConfigError, match="not for the token signing key"):
+        load_cert_chain(cert_path, _key())
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_or_create_token_key(tmp_path / "missing.pem", create=False)

@@ -125,3 +125,9 @@ def test_another_platforms_root_refuses(platform: SimPlatform, tmp_path: object)
     collateral = platform.collateral("tdx", now=NOW)
     with pytest.raises(ValueError):
         dcap_qvl.verify_with_root_ca(platform.tdx_quote(b""), _col(collateral), other.root_ca_der, NOW_S)
+
+
+@pytest.mark.parametrize(("version", "status"), [(4, "OutOfDate"), (5, "TDRelaunchAdvised")])
+def test_td_launched_on_old_module(platform: SimPlatform, version: int, status: str) -> None:
+    quote = platform.tdx_quote(b"", version=version, tee_tcb_svn=bytes([3, 1, 2]) + bytes(13))
+    assert _verify(platform, quote, "tdx") == (status, [])

@@ -91,3 +91,38 @@ def test_create_on_a_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="cannot create"):
         SimPlatform.create(tmp_path / "file")
+
+
+def test_corrupt_certificate_is_a_config_error(tmp_path: Path, platform_dir: Path) -> None:
+    import shutil
+
+    d = tmp_path / "p"
+    shutil.copytree(platform_dir, d)
+    doc = json.loads((d / "platform.json").read_text())
+    doc["certificates"]["pck"] = doc["certificates"]["pck"].replace("M", "A", 5)
+    (d / "platform.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError):
+        SimPlatform.load(d)
+
+
+@pytest.mark.parametrize(
+    ("member", "value", "message"),
+    [
+        ("pce_svn", 70000, "pce_svn"),
+        ("qe_id", "00", "qe_id"),
+        ("sgx_tcb_components", [1] * 15, "sgx_tcb_components"),
+        ("mr_seam", "zz", "not a simulated platform"),
+    ],
+)
+def test_out_of_range_values_refused(
+    tmp_path: Path, platform_dir: Path, member: str, value: object, message: str
+) -> None:
+    import shutil
+
+    d = tmp_path / "p"
+    shutil.copytree(platform_dir, d)
+    doc = json.loads((d / "platform.json").read_text())
+    doc[member] = value
+    (d / "platform.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=message):
+        SimPlatform.load(d)

@@ -97,3 +97,13 @@ def test_measurements_survive_tdreport_round_trip(platform: SimPlatform, verifie
     body = verifier.verify(quote, platform.collateral("tdx", now=NOW), now=NOW).quote.body
     assert body.mr_td == b"\x09" * 48  # type: ignore[union-attr]
     assert body.rtmrs == rtmrs  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("version", "status"), [(4, "OutOfDate"), (5, "TDRelaunchAdvised")])
+def test_td_launched_on_old_module(
+    platform: SimPlatform, verifier: QuoteVerifier, version: int, status: str
+) -> None:
+    """Launched on module SVN 3, updated in place to the current one: a TD 1.5 quote says relaunch."""
+    quote = platform.tdx_quote(b"", version=version, tee_tcb_svn=bytes([3, 1, 2]) + bytes(13))
+    verdict = verifier.verify(quote, platform.collateral("tdx", now=NOW), now=NOW)
+    assert (verdict.status, verdict.tdx_module_status) == (status, "OutOfDate")
