@@ -20,14 +20,13 @@ from teegate.attester.uri import parse_resource
 from teegate.sim import SimPlatform
 from tests.integration.attester.conftest import Stack
 from tests.integration.attester.stack import (
+    LateForwarder,
     attester,
     free_port,
     running,
     start_aesm,
-    start_kbs,
     start_qgs,
     tool_env,
-    wait_kbs,
 )
 from tests.unit.attester.fake_tsm import FakeTsm
 

@@ -225,3 +225,24 @@ def test_sample_refused_unless_configured(tmp_path: Path) -> None:
             _check(g.auth(), 401, "AttestationError", "sample evidence is insecure")
         finally:
             g.close()
+
+
+def test_random_bodies_never_500(guest: Guest) -> None:
+    import random
+
+    rng = random.Random(7)
+    templates = [
+        b'{"version":"0.4.0","tee":"sample","extra-params":%s}',
+        b'{"runtime-data":{"nonce":%s,"tee-pubkey":{"kty":"EC"}},"tee-evidence":{}}',
+        b"%s",
+    ]
+    assert guest.auth().status_code == 200
+    for i in range(120):
+        filler = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        body = templates[i % 3].replace(b"%s", filler)
+        for path in ("/kbs/v0/auth", "/kbs/v0/attest"):
+            r = guest.client.post(path, content=body)
+            assert r.status_code in (401, 413), (path, body, r.status_code, r.text)
+            error_type(r)
+    r = guest.client.get("/kbs/v0/resource/" + "a/" * 300 + "b")
+    assert r.status_code == 404

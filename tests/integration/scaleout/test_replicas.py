@@ -1,0 +1,170 @@
+"""Several `teegate kbs serve` replicas over one PostgreSQL behind the round-robin proxy (issue 7).
+
+One topology for the module: its own PostgreSQL (the restart test stops it), 2 replicas sharing
+the session key and database, the proxy, a simulated QGS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.integration.scaleout.guest import StepGuest, error_type
+from tests.integration.scaleout.storm import StormResult, run_storm
+from tests.integration.scaleout.topology import Topology
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SECRET = b"replicated-disk-passphrase"
+RESOURCE = "default/vm/passphrase"
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    topo = Topology.create(tmp_path_factory.mktemp("scaleout"))
+    try:
+        topo.start_replicas(2)
+        topo.start_proxy()
+        topo.start_qgs()
+        topo.set_resource(topo.proxy_url, RESOURCE, SECRET)
+        topo.set_resource_policy(topo.proxy_url)
+        yield topo
+    finally:
+        topo.close()
+
+
+def _storm(topo: Topology, vms: int, out: list[StormResult]) -> threading.Thread:
+    assert topo.qgs_socket is not None
+    thread = threading.Thread(
+        target=lambda: out.append(
+            run_storm(
+                topo.proxy_url,
+                topo.platform.directory,
+                topo.qgs_socket,  # type: ignore[arg-type]
+                vms=vms,
+                resource=RESOURCE,
+                secret=SECRET,
+                threads=8,
+            )
+        ),
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def test_each_step_on_another_replica(topology: Topology) -> None:
+    first, second = topology.replica_urls
+    guest = StepGuest(topology.platform)
+    assert guest.auth(first).status_code == 200
+    assert guest.attest(second).status_code == 200
+    assert guest.open(guest.resource(first, RESOURCE)) == SECRET
+    # The token minted by the second replica is accepted by the first as a Bearer token too.
+    assert guest.open(guest.resource(first, RESOURCE, bearer=True)) == SECRET
+
+
+def test_debug_td_refused_on_every_replica(topology: Topology) -> None:
+    first, second = topology.replica_urls
+    guest = StepGuest(topology.platform, debug=True)
+    assert guest.auth(second).status_code == 200
+    assert guest.attest(first).status_code == 200  # attested, but not releasable
+    for url in (first, second, topology.proxy_url):
+        response = guest.resource(url, RESOURCE)
+        assert response.status_code == 401 and error_type(response) == "PolicyDeny", response.text
+
+
+def test_forged_session_refused_by_other_replica(topology: Topology) -> None:
+    first, second = topology.replica_urls
+    guest = StepGuest(topology.platform)
+    assert guest.auth(first).status_code == 200
+    head, _, body = guest.cookie.partition(".")
+    guest.cookie = f"{head}.{body[:-4]}AAAA"
+    response = guest.attest(second)
+    assert response.status_code == 401
+    assert "does not authenticate" in response.json()["detail"]
+
+
+def test_proxy_spreads_one_client_over_replicas(topology: Topology) -> None:
+    # Keep-alive from the client does not pin it: consecutive requests alternate replicas.
+    before = [int(_metric(url, "kbs_http_requests_total", 'route="auth"')) for url in topology.replica_urls]
+    with httpx.Client(base_url=topology.proxy_url, timeout=30) as client:
+        for _ in range(6):
+            body = {"version": "0.4.0", "tee": "tdx", "extra-params": {}}
+            assert client.post("/kbs/v0/auth", json=body).status_code == 200
+    after = [int(_metric(url, "kbs_http_requests_total", 'route="auth"')) for url in topology.replica_urls]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
+
+
+def _metric(url: str, name: str, label: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_replica_killed_mid_handshake_client_completes_elsewhere(topology: Topology) -> None:
+    first, second = topology.replica_urls
+    # A handshake begun on the first replica…
+    guest = StepGuest(topology.platform)
+    assert guest.auth(first).status_code == 200
+    # …which dies (SIGKILL) while a 20-VM storm is running through the proxy.
+    results: list[StormResult] = []
+    thread = _storm(topology, 20, results)
+    time.sleep(1.0)
+    topology.replicas[0].kill()
+    try:
+        # The guest carries on through the proxy: its sealed session is valid on the survivor.
+        assert guest.attest(topology.proxy_url).status_code == 200
+        assert guest.open(guest.resource(topology.proxy_url, RESOURCE)) == SECRET
+        thread.join(timeout=90)
+        assert results, "storm did not finish"
+        assert results[0].delivered == 20, results[0].report()
+        assert results[0].wrong_releases == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{first}/healthz", timeout=2)
+        assert httpx.get(f"{second}/healthz", timeout=5).status_code == 200
+    finally:
+        topology.restart_replica(0)
+    assert StepGuest(topology.platform).auth(first).status_code == 200
+
+
+def test_postgres_restart_under_load_503_then_recovery(topology: Topology, tmp_path: Path) -> None:
+    marker = b"stored-before-the-outage"
+    topology.set_resource(topology.proxy_url, "default/vm/marker", marker)
+    results: list[StormResult] = []
+    thread = _storm(topology, 20, results)
+    time.sleep(1.0)
+    topology.postgres.stop("immediate")  # a crash: no checkpoint
+    try:
+        # While the database is down an attested client gets 503 ServiceUnavailable, not a 500.
+        guest = StepGuest(topology.platform)
+        assert guest.auth(topology.replica_urls[0]).status_code == 200
+        response = guest.attest(topology.replica_urls[1])
+        assert response.status_code == 503, response.text
+        assert error_type(response) == "ServiceUnavailable"
+        time.sleep(1.5)
+    finally:
+        topology.postgres.start()
+    thread.join(timeout=100)
+    assert results, "storm did not finish"
+    assert results[0].delivered == 20, results[0].report()
+    assert results[0].wrong_releases == 0
+    # Nothing stored was lost: both resources are still served after recovery.
+    guest = StepGuest(topology.platform)
+    assert guest.auth(topology.proxy_url).status_code == 200
+    assert guest.attest(topology.proxy_url).status_code == 200
+    assert guest.open(guest.resource(topology.proxy_url, "default/vm/marker")) == marker
+    assert guest.open(guest.resource(topology.proxy_url, RESOURCE)) == SECRET
+    with psycopg.connect(topology.dsn) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
+    assert tables is not None and tables[0] >= 1
