@@ -44,3 +44,18 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# Boot storm: N simulated TDX VMs against R KBS replicas over PostgreSQL (bench/storm.py --help).
+STORM_VMS ?= 2000
+STORM_REPLICAS ?= 2
+.PHONY: storm fuzz
+storm: venv apt
+	$(PY) bench/storm.py --vms $(STORM_VMS) --replicas $(STORM_REPLICAS)
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; seeds in tests/fuzz/corpus/.
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	@for target in quote jwe attestation; do \
+	  echo "== fuzz $$target ($(FUZZ_SECONDS)s)"; \
+	  $(PY) -m tests.fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	done

@@ -95,20 +95,29 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool) -> None:
         app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
+    # SO_REUSEPORT: several server processes share the port; the kernel spreads connections.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
     if not profile:
-        server.run()
+        server.run(sockets=[sock])
         return
     import cProfile
     import pstats
 
+    # uvicorn re-raises the stop signal after shutdown: make it an exit so the stats print.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         profiler.disable()
         stats = pstats.Stats(profiler, stream=sys.stderr)
-        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats("teegate", 30)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -240,12 +249,24 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def _start(kind: str, data_dir: Path, profile: bool) -> tuple[subprocess.Popen[bytes], int]:
+def _start(
+    kind: str, data_dir: Path, profile: bool, cpus: set[int], procs: int
+) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = _free_port()
     cmd = [sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir), "--port", str(port)]
     if profile:
         cmd.append("--profile")
-    proc = subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setaffinity(0, {0}))  # noqa: PLW1509
+    servers = [
+        subprocess.Popen(cmd, preexec_fn=lambda: os.sched_setaffinity(0, cpus))  # noqa: PLW1509
+        for _ in range(procs)
+    ]
+    for proc in servers:
+        _wait_port(proc, port, kind)
+    time.sleep(0.5 * procs)  # every process listening before load starts
+    return servers, port
+
+
+def _wait_port(proc: subprocess.Popen[bytes], port: int, kind: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -255,11 +276,10 @@ def _start(kind: str, data_dir: Path, profile: bool) -> tuple[subprocess.Popen[b
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{kind} server did not start") from None
             time.sleep(0.05)
-    return proc, port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
@@ -283,6 +303,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="KBS processes sharing the port (SO_REUSEPORT); >1 spreads the server over all cores",
+    )
     parser.add_argument("--serve", choices=["kbs", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -294,23 +320,31 @@ def main() -> None:
     from teegate.sim import SimPlatform
 
     cores = os.cpu_count() or 1
-    gen_cpus = {1} if cores > 1 else {0}
+    all_cpus = set(range(cores))
+    if args.server_procs > 1:  # server processes and generator share every core
+        server_cpus, gen_cpus = all_cpus, all_cpus
+    else:
+        server_cpus, gen_cpus = {0}, ({1} if cores > 1 else {0})
     os.sched_setaffinity(0, gen_cpus)
     work = Path(tempfile.mkdtemp(prefix="teegate-bench-kbs-"))
     try:
         platform = SimPlatform.create(work / "sim")
         asyncio.run(_put_resource(work))
-        print(f"cores: {cores}; server pinned to CPU 0, load generator to CPU {sorted(gen_cpus)}")
+        print(
+            f"cores: {cores}; {args.server_procs} KBS process(es) on CPUs {sorted(server_cpus)}, "
+            f"load generator on CPUs {sorted(gen_cpus)}"
+        )
         results: dict[str, dict[str, float]] = {}
         for kind in ("peer", "kbs"):
-            proc, port = _start(kind, work, args.profile and kind == "kbs")
+            procs = args.server_procs if kind == "kbs" else 1
+            servers, port = _start(kind, work, args.profile and kind == "kbs", server_cpus, procs)
             try:
                 asyncio.run(_closed_loop(port, platform, args.clients, 1.0, kind == "peer"))  # warm-up
-                cpu0 = _cpu_seconds(proc.pid)
+                cpu0 = sum(_cpu_seconds(p.pid) for p in servers)
                 t0 = time.perf_counter()
                 lat = asyncio.run(_closed_loop(port, platform, args.clients, args.seconds, kind == "peer"))
                 elapsed = time.perf_counter() - t0
-                cpu = _cpu_seconds(proc.pid) - cpu0
+                cpu = sum(_cpu_seconds(p.pid) for p in servers) - cpu0
                 rate = len(lat) / elapsed
                 results[kind] = {
                     "handshakes_per_s": rate,
@@ -332,7 +366,8 @@ def main() -> None:
                         }
                     )
             finally:
-                _stop(proc)
+                for proc in servers:
+                    _stop(proc)
         for kind, row in results.items():
             label = (
                 "KBS (auth+attest sim TDX v4+resource)"

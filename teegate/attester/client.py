@@ -360,7 +360,10 @@ class KbsClient:
         variant, detail = _detail(body)
         if status >= 500 or status == 429:
             return KbsUnreachable(f"KBS answered {status} to {stage}: {detail}")
-        return AttestationRefused(stage, detail, variant)
+        if status in (400, 401, 403):
+            return AttestationRefused(stage, detail, variant)
+        # Redirects, 404 on the protocol endpoints, anything else: not a KBS speaking 0.4.0 here.
+        return KbsProtocolError(f"KBS answered HTTP {status} to {stage} (is --url a KBS?): {detail}")
 
     # --- protocol ------------------------------------------------------------------------------
 

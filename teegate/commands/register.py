@@ -11,7 +11,6 @@ from typing import TextIO
 import click
 
 from teegate.node._daemon import start_line
-from teegate.node.qgs.backend import SimBackend
 from teegate.node.register import (
     DEFAULT_EFI_DIR,
     DEFAULT_STATE_DIR,
@@ -80,7 +79,9 @@ def register_command(
     source = f"simulated platform {sim_platform}" if sim_platform else f"efivars {efi_dir}"
     _log.warning(start_line("register", url, [source], insecure))
     if sim_platform is not None:
-        result = register_simulated(settings, SimBackend.load(sim_platform))
+        from teegate.sim import SimPlatform
+
+        result = register_simulated(settings, SimPlatform.load(sim_platform))
     else:
         result = register(settings)
     if as_json:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from teegate.dcap.anchors import TrustAnchor, TrustAnchors
-from teegate.errors import CollateralError, EvidenceError, ParseError, VerificationError
+from teegate.errors import CollateralError, EvidenceError, VerificationError
 
 __all__ = [
     "MAX_CHAIN_CERTS",
@@ -53,8 +53,9 @@ MAX_PEM_CHAIN_BYTES = 64 * 1024
 #: Bytes accepted for one CRL in any encoding (Intel's processor PCK CRL is a few KiB).
 MAX_CRL_BYTES = 512 * 1024
 
-_MAX_MEMO = 64
+_MAX_MEMO = 256
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_CERT_END = b"-----END CERTIFICATE-----"
 _PEM_CRL_BEGIN = b"-----BEGIN X509 CRL-----"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
@@ -65,29 +66,54 @@ def _as_bytes(data: str | bytes) -> bytes:
         try:
             return data.encode("ascii")
         except UnicodeEncodeError:
-            raise ParseError("PEM", "contains non-ASCII characters") from None
+            raise CollateralError("CRL text contains non-ASCII characters") from None
     return data
 
 
 def load_pem_chain(
-    pem: str | bytes, what: str, *, error: type[EvidenceError] = CollateralError
+    pem: str | bytes,
+    what: str,
+    *,
+    error: type[EvidenceError] = CollateralError,
+    cache: dict[bytes, x509.Certificate] | None = None,
 ) -> tuple[x509.Certificate, ...]:
-    """Parse a concatenation of PEM certificates (leaf first); a trailing NUL is allowed."""
-    data = _as_bytes(pem)
+    """Parse a concatenation of PEM certificates (leaf first); trailing NULs/whitespace allowed.
+
+    Only whitespace may surround the blocks. ``cache`` maps a PEM block to its parsed
+    certificate: the root and CA certificates recur in every chain of one verification.
+    """
+    if isinstance(pem, str):
+        if not pem.isascii():
+            raise error(f"{what}: PEM chain contains non-ASCII characters")
+        data = pem.encode("ascii")
+    else:
+        data = pem
     if len(data) > MAX_PEM_CHAIN_BYTES:
         raise error(f"{what}: PEM chain larger than {MAX_PEM_CHAIN_BYTES} bytes")
-    data = data.rstrip(b"\x00 \t\r\n")
-    count = data.count(_PEM_CERT_BEGIN)
-    if count == 0:
+    parts = data.rstrip(b"\x00 \t\r\n").split(_PEM_CERT_END)
+    if parts[-1].strip():
+        raise error(f"{what}: text after the last PEM certificate or an unterminated block")
+    blocks = parts[:-1]
+    if not blocks:
         raise error(f"{what}: no PEM certificate found")
-    if count > MAX_CHAIN_CERTS:
-        raise error(f"{what}: {count} certificates, at most {MAX_CHAIN_CERTS} accepted")
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise error(f"{what}: bad PEM certificate: {exc}") from None
-    if len(certs) != count:
-        raise error(f"{what}: {count} PEM headers but {len(certs)} certificates parsed")
+    if len(blocks) > MAX_CHAIN_CERTS:
+        raise error(f"{what}: {len(blocks)} certificates, at most {MAX_CHAIN_CERTS} accepted")
+    certs = []
+    for index, part in enumerate(blocks):
+        block = part.strip() + _PEM_CERT_END
+        if not block.startswith(_PEM_CERT_BEGIN) or block.count(_PEM_CERT_BEGIN) != 1:
+            raise error(f"{what}: certificate {index} is not a single PEM CERTIFICATE block")
+        cert = cache.get(block) if cache is not None else None
+        if cert is None:
+            try:
+                cert = x509.load_pem_x509_certificate(block)
+            except ValueError as exc:
+                raise error(f"{what}: certificate {index} is not a valid certificate: {exc}") from None
+            if cache is not None:
+                if len(cache) >= _MAX_MEMO:
+                    cache.clear()  # bounded: start over rather than grow
+                cache[block] = cert
+        certs.append(cert)
     return tuple(certs)
 
 
@@ -284,7 +310,9 @@ def verify_chain(
                     "CERT_CHAIN_BROKEN", f"{what}: issuer {_cn(issuer)!r} is not a CA", step=step
                 )
             _check_issued_by(cert, issuer, what=what, step=step)
-            if memo is not None and len(memo) < _MAX_MEMO:
+            if memo is not None:
+                if len(memo) >= _MAX_MEMO:
+                    memo.clear()  # bounded: start over rather than grow
                 memo.add((cert, issuer))
         issuer_key = ec_point(issuer)
         covering = [crl for crl in crls if crl.issuer_key == issuer_key]

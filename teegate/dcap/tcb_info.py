@@ -263,6 +263,73 @@ def _upper_hex(reader: _Reader, key: str, size: int) -> str:
     return value.upper()
 
 
+_V2_KEYS = tuple(f"sgxtcbcomp{n:02d}svn" for n in range(1, 17))
+
+
+def _svn(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= 255:
+        raise TypeError
+    return value
+
+
+def _tcb_level(item: Any, index: int, version: int, is_tdx: bool, dates: dict[str, datetime]) -> TcbLevel:
+    """One platform TCB level; written without helpers because real TCB Info has dozens."""
+    path = f"tcbInfo.tcbLevels[{index}]"
+    try:
+        tcb = item["tcb"]
+        if version == 2:
+            sgx = tuple(_svn(tcb[key]) for key in _V2_KEYS)
+            tdx = None
+        else:
+            sgx = tuple(_svn(c["svn"]) for c in tcb["sgxtcbcomponents"])
+            tdx = tuple(_svn(c["svn"]) for c in tcb["tdxtcbcomponents"]) if is_tdx else None
+        pcesvn = tcb["pcesvn"]
+        date_text = item["tcbDate"]
+        status = item["tcbStatus"]
+        advisories = item.get("advisoryIDs", [])
+    except (TypeError, KeyError, IndexError, AttributeError):
+        # Slow path only to name the offending member precisely.
+        level = _Reader(item, path)
+        tcb_reader = level.child("tcb")
+        if version == 2:
+            for key in _V2_KEYS:
+                tcb_reader.int_(key, hi=255)
+        else:
+            _components(tcb_reader, "sgxtcbcomponents")
+            if is_tdx:
+                _components(tcb_reader, "tdxtcbcomponents")
+        tcb_reader.int_("pcesvn", hi=0xFFFF)
+        level.str_("tcbDate")
+        level.str_("tcbStatus")
+        level.strings_("advisoryIDs")
+        raise CollateralError(f"{path}: malformed TCB level") from None
+    if len(sgx) != 16 or (tdx is not None and len(tdx) != 16):
+        raise CollateralError(f"{path}.tcb: expected 16 SGX and TDX components")
+    if type(pcesvn) is not int or not 0 <= pcesvn <= 0xFFFF:
+        raise CollateralError(f"{path}.tcb.pcesvn: expected an integer in [0, 65535]")
+    if type(status) is not str or status not in TCB_STATUSES:
+        raise CollateralError(f"{path}.tcbStatus: unknown status {status!r}")
+    if type(advisories) is not list or len(advisories) > MAX_LIST_ITEMS:
+        raise CollateralError(f"{path}.advisoryIDs: expected a list of strings")
+    if not all(type(adv) is str for adv in advisories):
+        raise CollateralError(f"{path}.advisoryIDs: expected a list of strings")
+    if type(date_text) is not str:
+        raise CollateralError(f"{path}.tcbDate: expected a string")
+    date = dates.get(date_text)
+    if date is None:
+        date = _Reader(item, path).time_("tcbDate")
+        dates[date_text] = date
+    return TcbLevel(
+        sgx_svns=sgx,
+        pcesvn=pcesvn,
+        tdx_svns=tdx,
+        tcb_date=date,
+        tcb_date_text=date_text,
+        status=status,
+        advisory_ids=tuple(advisories),
+    )
+
+
 def _tcb_type(root: _Reader) -> int:
     tcb_type = root.int_("tcbType") if root.has("tcbType") else 0
     if tcb_type != 0:
@@ -288,26 +355,9 @@ def parse_tcb_info(text: str | bytes) -> TcbInfo:
         raise CollateralError(f"tcbInfo.version: unsupported TCB Info version {version} (2 and 3 known)")
     is_tdx = ident == "TDX"
     levels: list[TcbLevel] = []
+    dates: dict[str, datetime] = {}
     for i, item in enumerate(root.list_("tcbLevels")):
-        level = _Reader(item, f"tcbInfo.tcbLevels[{i}]")
-        tcb = level.child("tcb")
-        if version == 2:
-            sgx = tuple(tcb.int_(f"sgxtcbcomp{n:02d}svn", hi=255) for n in range(1, 17))
-            tdx = None
-        else:
-            sgx = _components(tcb, "sgxtcbcomponents")
-            tdx = _components(tcb, "tdxtcbcomponents") if is_tdx else None
-        levels.append(
-            TcbLevel(
-                sgx_svns=sgx,
-                pcesvn=tcb.int_("pcesvn", hi=0xFFFF),
-                tdx_svns=tdx,
-                tcb_date=level.time_("tcbDate"),
-                tcb_date_text=level.str_("tcbDate"),
-                status=_status(level, TCB_STATUSES),
-                advisory_ids=level.strings_("advisoryIDs"),
-            )
-        )
+        levels.append(_tcb_level(item, i, version, is_tdx, dates))
     if not levels:
         raise CollateralError("tcbInfo.tcbLevels: empty")
     levels.sort(key=TcbLevel.sort_key, reverse=True)

@@ -61,7 +61,7 @@ from teegate.dcap.tcb_info import (
     parse_tcb_info,
     tdx_module_status,
 )
-from teegate.errors import CollateralError, VerificationError
+from teegate.errors import CollateralError, ParseError, VerificationError
 
 __all__ = [
     "MAX_CACHED_ENTRIES",
@@ -212,11 +212,17 @@ def _window(
 
 
 def _check_collateral(
-    collateral: Collateral, anchors: TrustAnchors, now: datetime, *, accept_expired: bool, memo: _Memo
+    collateral: Collateral,
+    anchors: TrustAnchors,
+    now: datetime,
+    *,
+    accept_expired: bool,
+    memo: _Memo,
+    pem_cache: dict[bytes, x509.Certificate],
 ) -> _CheckedCollateral:
     # Step 3 (collateral half): CRLs and the PCK CA that signs the PCK CRL.
     step = STEP_COLLATERAL_CRLS
-    crl_chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain")
+    crl_chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain", cache=pem_cache)
     root_cert = crl_chain[-1]
     root_crl_raw = load_crl(collateral.root_ca_crl, "root_ca_crl")
     pck_crl_raw = load_crl(collateral.pck_crl, "pck_crl")
@@ -250,7 +256,7 @@ def _check_collateral(
     # Step 4 (collateral half): TCB Info signature by the TCB Signing chain and its window.
     step = STEP_TCB_INFO
     tcb_chain = verify_chain(
-        load_pem_chain(collateral.tcb_info_issuer_chain, "tcb_info_issuer_chain"),
+        load_pem_chain(collateral.tcb_info_issuer_chain, "tcb_info_issuer_chain", cache=pem_cache),
         anchors,
         now,
         what="TCB Info signing chain",
@@ -288,7 +294,7 @@ def _check_collateral(
         qe_chain = tcb_chain
     else:
         qe_chain = verify_chain(
-            load_pem_chain(qe_chain_pem, "qe_identity_issuer_chain"),
+            load_pem_chain(qe_chain_pem, "qe_identity_issuer_chain", cache=pem_cache),
             anchors,
             now,
             what="QE Identity signing chain",
@@ -360,7 +366,7 @@ def verify_collateral(
 ) -> None:
     """Check every collateral signature, chain, CRL and validity window at ``now``; raise if any fails."""
     _check_time(now)
-    _check_collateral(collateral, anchors, now, accept_expired=accept_expired, memo=set())
+    _check_collateral(collateral, anchors, now, accept_expired=accept_expired, memo=set(), pem_cache={})
 
 
 class QuoteVerifier:
@@ -381,6 +387,7 @@ class QuoteVerifier:
         self._qe_reports: OrderedDict[tuple[bytes, bytes, str], None] = OrderedDict()
         self._att_keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
         self._issued: _Memo = set()
+        self._pem: dict[bytes, x509.Certificate] = {}
         self._lock = threading.Lock()
 
     # -- caches -------------------------------------------------------------------------------
@@ -397,7 +404,12 @@ class QuoteVerifier:
         if cached is not None and cached.usable_at(now):
             return cached
         checked = _check_collateral(
-            collateral, self.anchors, now, accept_expired=self.accept_expired_collateral, memo=self._issued
+            collateral,
+            self.anchors,
+            now,
+            accept_expired=self.accept_expired_collateral,
+            memo=self._issued,
+            pem_cache=self._pem,
         )
         self._remember(self._collateral, collateral, checked)
         return checked
@@ -410,8 +422,11 @@ class QuoteVerifier:
         if cached is not None and cached.chain.not_before <= now <= cached.chain.not_after:
             return cached
         # Step 2: PCK chain to a pinned root; step 3: revocation of leaf and CA by the CRLs.
+        certs = load_pem_chain(
+            quote.pck_chain_pem, "PCK certificate chain", error=ParseError, cache=self._pem
+        )
         chain = verify_chain(
-            quote.pck_chain,
+            certs,
             self.anchors,
             now,
             what="PCK certificate chain",

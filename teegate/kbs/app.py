@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -71,6 +72,7 @@ from teegate.kbs.session import (
     SESSION_COOKIE,
     SESSION_KEY_FILENAME,
     ChallengeLedger,
+    SessionError,
     SessionSealer,
     SessionState,
     load_session_key,
@@ -153,21 +155,6 @@ class KbsMetrics:
         return generate_latest(self.registry)
 
 
-class _FallbackSource:
-    """Collateral from the simulated platform for its own FMSPC, from the real source otherwise."""
-
-    def __init__(self, sim: Any, real: Any) -> None:
-        self._sim = sim
-        self._real = real
-
-    async def get(self, key: Any, *, now: datetime) -> Any:
-        if key.fmspc == self._sim.platform.fmspc and key.ca == self._sim.platform.pck_ca:
-            return await self._sim.get(key, now=now)
-        if self._real is None:
-            raise CollateralUnavailable(f"no collateral source configured for FMSPC {key.fmspc}")
-        return await self._real.get(key, now=now)
-
-
 def build_verifiers(settings: KbsSettings) -> VerifierSet:
     """The verifiers ``settings`` enable (sample and simulated only when configured)."""
     from teegate.verifiers.sample import SampleVerifier
@@ -189,22 +176,25 @@ def build_verifiers(settings: KbsSettings) -> VerifierSet:
             from teegate.collateral.pcs import INTEL_PCS_URL
 
             real = source_from_settings(CollateralSettings(pccs_url=INTEL_PCS_URL))
-        anchors = TrustAnchors.intel()
-        source: Any = real
         if settings.trust_simulated:
-            from teegate.collateral.sim import SimSource
             from teegate.sim import SimPlatform
+            from teegate.verifiers.sim import sim_verifiers
 
             assert settings.sim_platform is not None
-            platform = SimPlatform.load(settings.sim_platform)
-            anchors = anchors.with_anchor(platform.anchor())
-            source = _FallbackSource(SimSource(platform), real)
-        quote_verifier = QuoteVerifier(anchors)
-        for tee, enabled in ((Tee.TDX, settings.verify_tdx), (Tee.SGX, settings.verify_sgx)):
-            if enabled or settings.trust_simulated:
-                verifiers[tee] = DcapVerifier(
-                    tee, quote_verifier, source, collateral_ttl=settings.collateral_ttl_seconds
-                )
+            simulated = sim_verifiers(
+                SimPlatform.load(settings.sim_platform),
+                real_source=real,
+                collateral_ttl=settings.collateral_ttl_seconds,
+            )
+            verifiers.update(simulated)
+        else:
+            assert real is not None
+            quote_verifier = QuoteVerifier(TrustAnchors.intel())
+            for tee, enabled in ((Tee.TDX, settings.verify_tdx), (Tee.SGX, settings.verify_sgx)):
+                if enabled:
+                    verifiers[tee] = DcapVerifier(
+                        tee, quote_verifier, real, collateral_ttl=settings.collateral_ttl_seconds
+                    )
     return VerifierSet(verifiers)
 
 
@@ -283,14 +273,19 @@ class KbsRuntime:
             req = Request.parse(parse_json(body, "Request"))
             if not self.verifiers.accepts(req.tee):
                 self.verifiers.get(req.tee)  # raises the clear error
+            hash_algorithm = _select_hash(req)
         except KbsError:
             raise
         except EvidenceError as exc:
             raise KbsError(
                 "AttestationError", f"Attestation error: RCAR handshake Auth failed: {exc}"
             ) from None
-        hash_algorithm = HashAlgorithm.SHA512 if req.tee is Tee.SE else HashAlgorithm.SHA384
-        challenge = Challenge(nonce=make_nonce())
+        extra: Any = (
+            ""
+            if hash_algorithm is HashAlgorithm.SHA384
+            else {"selected-hash-algorithm": hash_algorithm.value}
+        )
+        challenge = Challenge(nonce=make_nonce(), extra_params=extra)
         state = SessionState.new(
             req.tee,
             challenge.nonce,
@@ -330,7 +325,11 @@ class KbsRuntime:
             status = appraisal.status
             token = self.signer.sign(claims)
             attested = state.with_claims(claims)
-            cookie = self.sealer.seal(attested)
+            try:
+                cookie: str | None = self.sealer.seal(attested)
+            except SessionError as exc:  # claims too large for a cookie: the token still works
+                _log.warning("attested session not sealed into the cookie: %s", exc)
+                cookie = None
         except KbsError:
             self.metrics.attestations.labels(tee_name, "refused").inc()
             raise
@@ -347,20 +346,25 @@ class KbsRuntime:
                 "AttestationError", f"Attestation error: RCAR handshake Attest failed: {exc}"
             ) from None
         self.metrics.attestations.labels(tee_name, status).inc()
-        self.audit.record(
-            "attestation",
-            tee=tee_name,
-            verdict=status,
-            policy_id=appraisal.evaluated_policy_id,
-            claims=appraisal.annotated_evidence,
-            trust_vector=appraisal.trust_vector,
-            reasons=appraisal.explanation.get("reasons", ()),
+        # Releases and denials get full audit records; a token issued is one structured line.
+        _log.info(
+            "attestation token issued: %s %s by %s",
+            tee_name,
+            status,
+            appraisal.evaluated_policy_id,
+            extra={
+                "event": "attestation",
+                "tee": tee_name,
+                "status": status,
+                "policy_id": appraisal.evaluated_policy_id,
+            },
         )
         return self._token_response(token, attested, cookie)
 
-    def _token_response(self, token: str, state: SessionState, cookie: str) -> Response:
+    def _token_response(self, token: str, state: SessionState, cookie: str | None) -> Response:
         response = Response(json.dumps({"token": token}, separators=(",", ":")), media_type=_JSON)
-        response.headers["set-cookie"] = state.set_cookie_header(cookie, secure=self.settings.tls)
+        if cookie is not None:
+            response.headers["set-cookie"] = state.set_cookie_header(cookie, secure=self.settings.tls)
         return response
 
     async def _appraise(
@@ -369,6 +373,9 @@ class KbsRuntime:
         """Verify primary and additional evidence, check bindings, run the attestation policy."""
         _, policy = self._require()
         moment = datetime.fromtimestamp(now, UTC)
+        additional = attestation.additional_items()  # parsed and checked before any costly work
+        for tee in additional:
+            self.verifiers.get(tee)
         primary = await self.verifiers.get(state.tee).verify(attestation.primary_evidence, now=moment)
         check_binding(
             primary,
@@ -393,7 +400,7 @@ class KbsRuntime:
         counters = {appraisal.tee_class: 1}
         device_digest = device_binding_digest(attestation.nonce, attestation.tee_pubkey, state.hash_algorithm)
         device_runtime = {"nonce": attestation.nonce, "tee-pubkey": attestation.tee_pubkey.to_jwk()}
-        for tee, evidence in attestation.additional_items().items():
+        for tee, evidence in additional.items():
             verified = await self.verifiers.get(tee).verify(evidence, now=moment)
             check_binding(verified, device_digest)
             extra = await policy.appraise(
@@ -497,6 +504,20 @@ class KbsRuntime:
         raise KbsError("TokenNotFound", f"Attestation Token not found{cookie_problem}")
 
 
+def _select_hash(req: Request) -> HashAlgorithm:
+    """SHA-384 (Trustee's default; SHA-512 for IBM SE) unless the client lists hashes without it."""
+    preferred = HashAlgorithm.SHA512 if req.tee is Tee.SE else HashAlgorithm.SHA384
+    offered = req.supported_hashes()
+    if not offered or preferred.value in offered:
+        return preferred
+    for candidate in (HashAlgorithm.SHA384, HashAlgorithm.SHA512, HashAlgorithm.SHA256):
+        if candidate.value in offered:
+            return candidate
+    raise EvidenceError(
+        f"none of the client's supported-hash-algorithms {offered[:8]} is one of sha384, sha512, sha256"
+    )
+
+
 def _resource_path(raw: str) -> ResourcePath | None:
     if len(raw) > MAX_RESOURCE_PATH_CHARS:
         return None
@@ -552,6 +573,20 @@ def _init_data_claims(init_data: InitData | None, primary: VerifiedEvidence) -> 
 
 
 # --- the app ------------------------------------------------------------------------------------
+
+
+async def _http_error(request: HttpRequest, exc: Exception) -> Response:
+    """Routing failures (unknown path, wrong method) as Trustee error bodies."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    path = request.url.path[:MAX_RESOURCE_PATH_CHARS]
+    if status == 404:
+        plugin = path.removeprefix("/kbs/v0/").split("/", 1)[0] if path.startswith("/kbs/v0/") else ""
+        if plugin:
+            return _error_response(KbsError("PluginNotFound", f"Plugin {plugin[:64]} not found"))
+        return _error_response(KbsError("InvalidRequestPath", f"Request path {path} is invalid"))
+    if status == 405:
+        return _error_response(KbsError("MethodNotAllowed", f"{request.method} is not allowed on {path}"))
+    return Response(error_body("HTTPFailed", "request failed"), status_code=status, media_type=_JSON)
 
 
 def _error_response(exc: KbsError) -> Response:
@@ -667,7 +702,7 @@ def build_app(
         Route("/metrics", metrics, methods=["GET"]),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.kbs = runtime
     return app
 

@@ -40,9 +40,12 @@ class JweError(EvidenceError):
 
 
 def _jose_key(tee_key: TeePubKey) -> ECKey | RSAKey:
-    jwk: dict[str, Any] = dict(tee_key.to_jwk())
-    jwk.pop("alg")
-    return ECKey.import_key(jwk) if tee_key.kty == "EC" else RSAKey.import_key(jwk)
+    public = tee_key.public_key()  # validated key material; importing the object is cheapest
+    return (
+        ECKey.import_key(public)
+        if isinstance(public, ec.EllipticCurvePublicKey)
+        else RSAKey.import_key(public)
+    )
 
 
 def encrypt(plaintext: bytes, tee_key: TeePubKey, *, allow_rsa1_5: bool = False) -> dict[str, str]:

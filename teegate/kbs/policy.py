@@ -147,7 +147,6 @@ _RV_CALL_RE = re.compile(r"query_reference_value\(\s*\"((?:[^\"\\]|\\.)*)\"\s*\)
 _DATA_REF_DOT_RE = re.compile(r"data\.reference\.([A-Za-z_][A-Za-z0-9_]*)")
 _DATA_REF_IDX_RE = re.compile(r"data\.reference\[\s*\"((?:[^\"\\]|\\.)*)\"\s*\]")
 _DATA_REF_ANY_RE = re.compile(r"data\.reference\b")
-_RV_DYNAMIC_RE = re.compile(r"query_reference_value\(\s*[^\"\s)]")
 
 
 class PolicySyntaxError(EvidenceError):
@@ -308,6 +307,61 @@ def _unescape(literal: str) -> str:
     return value if isinstance(value, str) else literal
 
 
+# regorus engines are thread-affine (PyO3 "unsendable"): dropping one on another thread is an
+# error and leaks it. Engines are only held by an _EngineBox, never in a reference cycle, so they
+# are freed on the thread that drops the last reference; a box finalised elsewhere (garbage
+# collection can run on any thread) hands its engine back to its own event loop to be dropped.
+_ORPHANED_ENGINES: list[Any] = []  # engines whose thread has no running loop any more (kept, not dropped)
+
+
+def _release(engine: Any) -> None:
+    """Runs on the engine's own loop; the reference dies when this call returns."""
+
+
+class _EngineBox:
+    __slots__ = ("_loop", "_thread", "engine")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    def __del__(self) -> None:
+        engine = self.engine
+        if engine is None or threading.get_ident() == self._thread:
+            return
+        try:
+            if self._loop is None or self._loop.is_closed():
+                raise RuntimeError("no loop")
+            self._loop.call_soon_threadsafe(_release, engine)
+        except RuntimeError:
+            _ORPHANED_ENGINES.append(engine)
+
+
+class _RvLookup:
+    """The ``query_reference_value`` builtin: serves prefetched values, records what was missing.
+
+    Held by the engine; holds nothing that leads back to it (no reference cycle).
+    """
+
+    __slots__ = ("asked", "values")
+
+    def __init__(self) -> None:
+        self.values: Mapping[str, Any] = {}
+        self.asked: set[str] = set()
+
+    def __call__(self, name: Any) -> Any:
+        if not isinstance(name, str):
+            raise ValueError("query_reference_value takes one string argument")
+        if name in self.values:
+            return self.values[name]
+        self.asked.add(name)
+        return None
+
+
 class _Compiled:
     """One compiled policy version: a regorus engine plus what it needs from the RVPS."""
 
@@ -317,26 +371,12 @@ class _Compiled:
         self.version = version
         self.digest = hashlib.sha384(text.encode("utf-8")).hexdigest()
         self.lock = threading.Lock()
-        self._values: Mapping[str, Any] = {}
-        self._asked: set[str] = set()
-        engine = regorus.Engine()
-        with contextlib.suppress(AttributeError, TypeError, RuntimeError):  # older bindings: defaults
-            engine.set_policy_length_config(
-                max_col=MAX_POLICY_BYTES, max_file_bytes=MAX_POLICY_BYTES, max_lines=MAX_POLICY_BYTES
-            )
-        try:
-            engine.add_policy(f"{kind.value}/{policy_id}.rego", text)
-        except (RuntimeError, ValueError) as exc:
-            raise PolicySyntaxError(
-                f"{kind.value} policy {policy_id!r} does not compile: {_engine_message(exc)}"
-            ) from None
-        packages = engine.get_packages()
-        if "data.policy" not in packages:
-            raise PolicySyntaxError(
-                f"{kind.value} policy {policy_id!r} must be in package 'policy' (found {sorted(packages)})"
-            )
-        engine.add_extension("query_reference_value", 1, self._query_reference_value)
-        self.engine = engine
+        self._lookup = _RvLookup()
+        self._data: dict[str, Any] | None = None  # the data document the engine holds now
+        self._box = _EngineBox(regorus.Engine())
+        problem = self._compile(text)
+        if problem is not None:
+            raise PolicySyntaxError(problem)
         self.rv_names = (
             frozenset(_unescape(m) for m in _RV_CALL_RE.findall(text))
             | frozenset(_DATA_REF_DOT_RE.findall(text))
@@ -346,70 +386,93 @@ class _Compiled:
         # data.reference used other than with literal names: the whole RV set is loaded.
         stripped = _DATA_REF_IDX_RE.sub("", _DATA_REF_DOT_RE.sub("", text))
         self.wants_all_references = bool(_DATA_REF_ANY_RE.search(stripped))
-        self.dynamic_queries = bool(_RV_DYNAMIC_RE.search(text))
-        main_rule = _TRUST_CLAIMS_RULE if kind is PolicyKind.ATTESTATION else _ALLOW_RULE
-        self.has_extensions = kind is PolicyKind.ATTESTATION and self._defined(_EXTENSIONS_RULE)
-        self.has_reasons = self._defined(_REASONS_RULE)
-        if not self._defined(main_rule):
-            raise PolicySyntaxError(
-                f"{kind.value} policy {policy_id!r} does not define {main_rule.removeprefix('data.')}"
-            )
 
-    def _defined(self, rule: str) -> bool:
+    def _compile(self, text: str) -> str | None:
+        """Load the policy and check it; returns what is wrong (no exception keeps a frame alive)."""
+        kind, policy_id, engine = self.kind.value, self.policy_id, self._box.engine
+        with contextlib.suppress(AttributeError, TypeError, RuntimeError):  # older bindings: defaults
+            engine.set_policy_length_config(
+                max_col=MAX_POLICY_BYTES, max_file_bytes=MAX_POLICY_BYTES, max_lines=MAX_POLICY_BYTES
+            )
+        try:
+            engine.add_policy(f"{kind}/{policy_id}.rego", text)
+        except (RuntimeError, ValueError) as exc:
+            return f"{kind} policy {policy_id!r} does not compile: {_engine_message(exc)}"
+        packages = engine.get_packages()
+        if "data.policy" not in packages:
+            return f"{kind} policy {policy_id!r} must be in package 'policy' (found {sorted(packages)})"
+        engine.add_extension("query_reference_value", 1, self._lookup)
+        main_rule = _TRUST_CLAIMS_RULE if self.kind is PolicyKind.ATTESTATION else _ALLOW_RULE
+        defined: dict[str, bool] = {}
+        for rule in (main_rule, _EXTENSIONS_RULE, _REASONS_RULE):
+            state = self._trial(rule)
+            if isinstance(state, str):
+                return state
+            defined[rule] = state
+        if not defined[main_rule]:
+            return f"{kind} policy {policy_id!r} does not define {main_rule.removeprefix('data.')}"
+        self.has_extensions = self.kind is PolicyKind.ATTESTATION and defined[_EXTENSIONS_RULE]
+        self.has_reasons = defined[_REASONS_RULE]
+        return None
+
+    def _trial(self, rule: str) -> bool | str:
         """Whether ``rule`` exists; a trial run on empty input also catches unknown functions."""
+        engine = self._box.engine
         with self.lock:
-            self._values, self._asked = {}, set()
-            self.engine.set_input({})
-            self.engine.clear_data()
-            self.engine.add_data({"plugin": "", "resource-path": [], "query": {}, "reference": {}})
+            self._lookup.values, self._lookup.asked, self._data = {}, set(), None
+            engine.set_input({})
+            engine.clear_data()
+            engine.add_data({"plugin": "", "resource-path": [], "query": {}, "reference": {}})
             try:
-                self.engine.eval_rule(rule)
+                engine.eval_rule(rule)
             except (RuntimeError, ValueError) as exc:
                 message = _engine_message(exc)
                 if _NOT_A_RULE in message:
                     return False
                 if "could not find function" in message:
-                    raise PolicySyntaxError(
-                        f"{self.kind.value} policy {self.policy_id!r}: {message}"
-                    ) from None
+                    return f"{self.kind.value} policy {self.policy_id!r}: {message}"
             return True
-
-    def _query_reference_value(self, name: Any) -> Any:
-        if not isinstance(name, str):
-            raise ValueError("query_reference_value takes one string argument")
-        if name in self._values:
-            return self._values[name]
-        self._asked.add(name)
-        return None
 
     def evaluate(
         self, input_value: Any, data: dict[str, Any], values: Mapping[str, Any], rules: Sequence[str]
     ) -> tuple[dict[str, Any], set[str]]:
         """Evaluate ``rules``; returns results (None for undefined) and names asked but not given."""
+        engine = self._box.engine
+        failure: str | None = None
+        results: dict[str, Any] = {}
         with self.lock:
-            self._values, self._asked = values, set()
+            self._lookup.values, self._lookup.asked = values, set()
             try:
-                self.engine.set_input(input_value)
-                self.engine.clear_data()
-                if self.uses_data_reference:
-                    data = {**data, "reference": dict(values)}
-                if data:
-                    self.engine.add_data(data)
-                results: dict[str, Any] = {}
-                for rule in rules:
+                try:
+                    engine.set_input(input_value)
+                    if self.uses_data_reference:
+                        data = {**data, "reference": dict(values)}
+                    if data != self._data:
+                        # Changing data makes regorus re-prepare the policy (tens of µs): only
+                        # when it differs from the last evaluation's (same resource path, no RVs).
+                        self._data = None
+                        engine.clear_data()
+                        if data:
+                            engine.add_data(data)
+                        self._data = data
+                except Exception as exc:  # a value regorus cannot represent
+                    failure = f"input or data not representable in Rego: {_engine_message(exc)}"
+                for rule in rules if failure is None else ():
                     try:
-                        results[rule] = self.engine.eval_rule(rule)
+                        results[rule] = engine.eval_rule(rule)
                     except (RuntimeError, ValueError) as exc:
                         message = _engine_message(exc)
                         if _NOT_A_RULE in message:
                             results[rule] = None
                             continue
-                        raise PolicyEvaluationError(
-                            f"{self.kind.value} policy {self.policy_id!r}: {message}"
-                        ) from None
-                return results, set(self._asked)
+                        failure = message
+                        break
+                asked = set(self._lookup.asked)
             finally:
-                self._values, self._asked = {}, set()
+                self._lookup.values, self._lookup.asked = {}, set()
+        if failure is not None:
+            raise PolicyEvaluationError(f"{self.kind.value} policy {self.policy_id!r}: {failure}")
+        return results, asked
 
 
 def check_policy(kind: PolicyKind, policy_id: str, text: str) -> None:
@@ -548,6 +611,8 @@ def _submod_notes(token_claims: Mapping[str, Any]) -> list[str]:
 class PolicyEngine:
     """Compiled-policy cache plus evaluation of attestation and resource policies.
 
+    Call it from one thread (the server's event loop): regorus engines are thread-affine.
+
     ``dev`` selects the development resource policy (built-in ``dev``: sample or simulated
     evidence bound to its TEE key is released) when no resource policy is stored. INSECURE.
     """
@@ -587,8 +652,9 @@ class PolicyEngine:
             try:
                 hit = _Compiled(key[0], key[1], key[2], text)
             except PolicySyntaxError as exc:
-                exc.policy_version = key[2]
-                hit = exc
+                # Cache a fresh error: the raised one's traceback would keep frames alive.
+                hit = PolicySyntaxError(str(exc))
+                hit.policy_version = key[2]
             self.compilations += 1
             with self._cache_lock:
                 self._cache[key] = hit

@@ -13,11 +13,11 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from teegate.errors import CollateralUnavailable, ConfigError, EvidenceError, ParseError
-from teegate.node.qgs.backend import QuotingBackend
 
 __all__ = [
     "DEFAULT_EFI_DIR",
@@ -197,26 +197,25 @@ def register(settings: RegisterSettings) -> RegistrationResult:
     return RegistrationResult(Outcome.REGISTERED, response.status_code)
 
 
-def register_simulated(settings: RegisterSettings, backend: QuotingBackend) -> RegistrationResult:
+class SimulatedRegistrant(Protocol):
+    """What ``register_simulated`` needs: ``teegate.sim.SimPlatform`` provides it."""
+
+    def registration(self) -> dict[str, str | None]: ...
+
+
+def register_simulated(settings: RegisterSettings, platform: SimulatedRegistrant) -> RegistrationResult:
     """Register a simulated platform with a PCCS (``POST /sgx/certification/v4/platforms``).
 
-    The identifiers come from a quote of the simulated QE: QE ID (header user_data[0:16]),
-    PCE SVN (header offset 10), CPUSVN (report body offset 0); a simulated platform has no
-    Intel-encrypted PPID, so ``enc_ppid`` is 384 zero bytes and ``pce_id`` is 0000.
+    The identifiers are the simulated platform's own (``SimPlatform.registration()``): QE ID,
+    PCE ID, CPUSVN and PCE SVN; a simulated platform has no Intel-encrypted PPID, so
+    ``enc_ppid`` is 384 zero bytes.
     """
     if _marker(settings).exists():
         return RegistrationResult(Outcome.ALREADY_THIS_BOOT)
-    quote = backend.quote_from_sgx_report(bytes(432))
-    if len(quote) < 48 + 384:
-        raise ParseError("simulated quote", f"{len(quote)} bytes: too short for header and report body")
-    body = {
-        "qe_id": quote[28:44].hex(),
-        "pce_id": "0000",
-        "cpu_svn": quote[48:64].hex(),
-        "pce_svn": quote[10:12][::-1].hex(),
-        "enc_ppid": bytes(384).hex(),
-        "platform_manifest": None,
-    }
+    body = platform.registration()
+    missing = {"qe_id", "pce_id", "cpu_svn", "pce_svn", "enc_ppid"} - set(body)
+    if missing:
+        raise ParseError("simulated registration", f"missing {', '.join(sorted(missing))}")
     response = _post(settings, "/sgx/certification/v4/platforms", json_body=body)
     _mark_done(settings, Outcome.REGISTERED)
     return RegistrationResult(Outcome.REGISTERED, response.status_code, f"qe_id {body['qe_id']}")

@@ -1,36 +1,59 @@
-"""teegate's simulated TDX/SGX platform: the DCAP verifiers with the simulated root trusted.
+"""teegate's simulated platform: the DCAP verifiers with the simulated root trusted.
 
 INSECURE by design: whoever holds the platform directory can make quotes for any measurement.
 Only built when configured (``[verifiers] trust_simulated`` with ``sim_platform``, or ``--dev``).
-The claims carry ``"simulated": true`` so policies can tell.
+The claims carry ``"simulated": true`` so policies can tell. Real quotes still verify against
+Intel's root, with collateral from the real source when one is configured.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from teegate.collateral.sim import SimSource
 from teegate.collateral.source import CollateralSource
 from teegate.dcap.anchors import TrustAnchors
+from teegate.dcap.collateral import Collateral, CollateralKey
 from teegate.dcap.verify import QuoteVerifier
+from teegate.errors import CollateralUnavailable
 from teegate.kbs.protocol import Tee
 from teegate.sim import SimPlatform
 from teegate.verifiers.dcap import DEFAULT_COLLATERAL_TTL_SECONDS, DcapVerifier
 
-__all__ = ["sim_verifiers"]
+__all__ = ["SimOrRealSource", "sim_verifiers"]
+
+
+class SimOrRealSource:
+    """Collateral from the simulated platform for its own FMSPC/CA, from ``real`` otherwise."""
+
+    def __init__(self, platform: SimPlatform, real: CollateralSource | None) -> None:
+        self._platform = platform
+        self._sim = SimSource(platform)
+        self._real = real
+
+    async def get(self, key: CollateralKey, *, now: datetime) -> Collateral:
+        """The collateral for ``key``; CollateralUnavailable when no source has it."""
+        if key.fmspc == self._platform.fmspc and key.ca == self._platform.pck_ca:
+            return await self._sim.get(key, now=now)
+        if self._real is None:
+            raise CollateralUnavailable(
+                f"no collateral source configured for FMSPC {key.fmspc} (only the simulated platform's)"
+            )
+        return await self._real.get(key, now=now)
 
 
 def sim_verifiers(
     platform: SimPlatform,
     *,
+    real_source: CollateralSource | None = None,
     anchors: TrustAnchors | None = None,
-    source: CollateralSource | None = None,
     collateral_ttl: float = DEFAULT_COLLATERAL_TTL_SECONDS,
 ) -> dict[Tee, DcapVerifier]:
-    """tdx and sgx verifiers that also trust ``platform``'s root (collateral from the platform
-    unless ``source`` is given)."""
+    """tdx and sgx verifiers that also trust ``platform``'s root."""
     trusted = (anchors if anchors is not None else TrustAnchors.intel()).with_anchor(platform.anchor())
     quote_verifier = QuoteVerifier(trusted)
-    src = source if source is not None else SimSource(platform)
+    source = SimOrRealSource(platform, real_source)
     return {
-        tee: DcapVerifier(tee, quote_verifier, src, collateral_ttl=collateral_ttl)
+        tee: DcapVerifier(tee, quote_verifier, source, collateral_ttl=collateral_ttl)
         for tee in (Tee.TDX, Tee.SGX)
     }

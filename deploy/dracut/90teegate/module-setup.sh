@@ -24,7 +24,7 @@ depends() {
 install() {
     local f
     # Python and the attester's virtualenv (the interpreter, its stdlib and site-packages).
-    inst_multiple python3 mktemp sleep mv chmod mkdir dirname cat rm
+    inst_multiple python3 base64 mktemp sleep mv chmod mkdir dirname
     while IFS= read -r f; do
         inst_simple "$f"
     done < <(find "$TEEGATE_PREFIX" -path '*/__pycache__' -prune -o \( -type f -o -type l \) -print)

@@ -24,13 +24,17 @@ __all__ = [
     "TDREPORT_SIZE",
     "TDX_CMD_GET_REPORT0",
     "TDX_GUEST_DEVICE",
+    "TDX_MEASUREMENTS",
     "TdxGuestProvider",
+    "check_init_data",
     "mr_config_id",
     "quote_tdreport",
     "read_tdreport",
 ]
 
 TDX_GUEST_DEVICE: Final = Path("/dev/tdx_guest")
+#: tsm-mr measurement registers of the tdx_guest device (Linux >= 6.16).
+TDX_MEASUREMENTS: Final = Path("/sys/devices/virtual/misc/tdx_guest/measurements")
 TDREPORT_SIZE: Final = 1024
 #: ``_IOWR('T', 1, struct tdx_report_req)`` with ``sizeof = 64 + 1024``.
 TDX_CMD_GET_REPORT0: Final = (3 << 30) | ((64 + TDREPORT_SIZE) << 16) | (ord("T") << 8) | 1
@@ -61,6 +65,35 @@ def read_tdreport(report_data: bytes, device: Path = TDX_GUEST_DEVICE) -> bytes:
 def mr_config_id(tdreport: bytes) -> bytes:
     """MRCONFIGID (48 bytes) from a TDREPORT: where a TD's init-data digest is measured."""
     return tdreport[_MRCONFIGID_OFFSET : _MRCONFIGID_OFFSET + _MR_SIZE]
+
+
+def check_init_data(
+    digest: bytes, *, measurements: Path = TDX_MEASUREMENTS, device: Path = TDX_GUEST_DEVICE
+) -> bool:
+    """Check the init-data digest against MRCONFIGID, as guest-components' ``bind_init_data``.
+
+    MRCONFIGID comes from sysfs (kernel >= 6.16) or a TDREPORT via ``/dev/tdx_guest``. Returns
+    False when neither can be read (the KBS still checks); raises when they differ, because the
+    KBS would refuse the evidence and the operator should learn why here.
+    """
+    expected = digest[:_MR_SIZE].ljust(_MR_SIZE, b"\0")
+    actual: bytes | None = None
+    sysfs = measurements / "mrconfigid"
+    try:
+        if sysfs.exists():
+            actual = sysfs.read_bytes()[:_MR_SIZE]
+        elif device.exists():
+            actual = mr_config_id(read_tdreport(b"", device))
+    except (OSError, EvidenceUnavailable):
+        actual = None
+    if actual is None:
+        return False
+    if actual != expected:
+        raise EvidenceUnavailable(
+            f"--initdata digest {expected.hex()[:16]}… does not match this TD's MRCONFIGID "
+            f"{actual.hex()[:16]}…: the TD was launched with other init-data"
+        )
+    return True
 
 
 def quote_tdreport(qgs: Address, tdreport: bytes, *, timeout: float = 30.0) -> bytes:
@@ -98,4 +131,8 @@ class TdxGuestProvider:
 
     def evidence(self, report_data: bytes, *, init_data_digest: bytes | None = None) -> dict[str, Any]:
         tdreport = read_tdreport(report_data, self._device)
+        if init_data_digest is not None and mr_config_id(tdreport) != init_data_digest[:_MR_SIZE].ljust(
+            _MR_SIZE, b"\0"
+        ):
+            raise EvidenceUnavailable("--initdata digest does not match this TD's MRCONFIGID")
         return tdx_evidence(quote_tdreport(self._qgs, tdreport), read_eventlog(self._ccel_path))

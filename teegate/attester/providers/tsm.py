@@ -23,6 +23,8 @@ from typing import Any, Final
 from teegate.attester.errors import EvidenceUnavailable
 from teegate.attester.providers.base import pad_report_data
 from teegate.attester.providers.eventlog import CCEL_PATH, read_eventlog
+from teegate.attester.providers.snp import snp_evidence
+from teegate.attester.providers.tdx_guest import TDX_GUEST_DEVICE, TDX_MEASUREMENTS, check_init_data
 
 __all__ = ["DEFAULT_TSM_ROOT", "MAX_OUTBLOB_BYTES", "TSM_PROVIDERS", "TsmOps", "TsmProvider"]
 
@@ -30,10 +32,8 @@ DEFAULT_TSM_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 #: Bound on outblob/auxblob reads (a TDX quote is < 8 KiB; DICE/CWT variants are larger).
 MAX_OUTBLOB_BYTES: Final = 1024 * 1024
 _MAX_ATTR_BYTES: Final = 64
-#: configfs-tsm ``provider`` -> KBS ``tee``. SEV-SNP evidence needs the sev crate's JSON layout
-#: of the report; it is recognised (so the operator is told) but not produced yet.
+#: configfs-tsm ``provider`` -> KBS ``tee``.
 TSM_PROVIDERS: Final = {"tdx_guest": "tdx", "sev_guest": "snp"}
-_SUPPORTED: Final = frozenset({"tdx_guest"})
 #: errnos that mean "the quote service may answer later".
 _RETRYABLE: Final = frozenset({errno.EBUSY, errno.EIO, errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN})
 
@@ -108,7 +108,7 @@ class _Entry:
 
 
 class TsmProvider:
-    """TDX quotes (and SEV-SNP reports, recognised) through configfs-tsm."""
+    """TDX quotes and SEV-SNP reports (with the certificate table) through configfs-tsm."""
 
     name = "configfs-tsm"
 
@@ -119,12 +119,16 @@ class TsmProvider:
         ops: TsmOps | None = None,
         ccel_path: Path = CCEL_PATH,
         aael_path: Path | None = None,
+        measurements: Path = TDX_MEASUREMENTS,
+        device: Path = TDX_GUEST_DEVICE,
     ) -> None:
         """Probe ``root`` once: create an entry, read its ``provider``, remove it."""
         self._root = root
         self._ops = ops or TsmOps()
         self._ccel_path = ccel_path
         self._aael_path = aael_path
+        self._measurements = measurements
+        self._device = device
         if not root.is_dir():
             raise EvidenceUnavailable(
                 f"configfs-tsm: {root} does not exist (needs Linux >= 6.7 and configfs mounted)"
@@ -134,11 +138,6 @@ class TsmProvider:
         if provider not in TSM_PROVIDERS:
             raise EvidenceUnavailable(
                 f"configfs-tsm: provider {provider!r} is not supported (known: {sorted(TSM_PROVIDERS)})"
-            )
-        if provider not in _SUPPORTED:
-            raise EvidenceUnavailable(
-                f"configfs-tsm: provider {provider!r} ({TSM_PROVIDERS[provider]}) is recognised but its "
-                "evidence format is not implemented; use a TDX guest"
             )
         self.provider = provider
         self.tee = TSM_PROVIDERS[provider]
@@ -171,7 +170,11 @@ class TsmProvider:
         return outblob, auxblob
 
     def evidence(self, report_data: bytes, *, init_data_digest: bytes | None = None) -> dict[str, Any]:
-        quote, _aux = self.report(report_data)
+        if init_data_digest is not None and self.tee == "tdx":
+            check_init_data(init_data_digest, measurements=self._measurements, device=self._device)
+        quote, aux = self.report(report_data)
+        if self.tee == "snp":
+            return snp_evidence(quote, aux)
         return {
             "cc_eventlog": read_eventlog(self._ccel_path, self._aael_path),
             "quote": base64.b64encode(quote).decode("ascii"),

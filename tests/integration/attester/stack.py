@@ -98,6 +98,14 @@ class Kbs:
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         return teegate("kbs", "admin", "--url", self.url, "--data-dir", str(self.data_dir), *args)
 
+    def set_builtin_resource_policy(self, name: str) -> None:
+        """Upload one of teegate's built-in resource policies (as `kbs admin set-resource-policy --builtin`)."""
+        from teegate.kbs.policy import PolicyKind, builtin_policy_text
+
+        token = (self.data_dir / "admin-token").read_text().strip()
+        with AdminClient(self.url, token=token) as client:
+            client.set_resource_policy(builtin_policy_text(PolicyKind.RESOURCE, name).encode())
+
     def set_resource(self, path: str, data: bytes) -> None:
         """Store a resource through the admin API (the same call `teegate kbs admin set-resource` makes)."""
         token = (self.data_dir / "admin-token").read_text().strip()

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from teegate.attester.client import KbsClient, RetryPolicy
-from teegate.attester.errors import ExitCode
+from teegate.attester.errors import AttestationRefused, ExitCode
+from teegate.attester.keys import KeyAlgorithm
+from teegate.attester.providers.sim import SimTdProvider
 from teegate.attester.providers.tdx_guest import quote_tdreport
 from teegate.attester.providers.tsm import TsmProvider
 from teegate.attester.uri import parse_resource
@@ -39,14 +41,18 @@ def secret(stack: Stack) -> bytes:
     return b"sim-secret\x00\xff"
 
 
-@pytest.mark.parametrize("key", ["ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256"])
-def test_get_resource_with_sim_evidence(stack: Stack, secret: bytes, key: str) -> None:
-    result = attester(
-        *stack.sim_args(), "--tee-key", key, "get-resource", "--path", "kbs:///default/attester/secret"
-    )
+def test_get_resource_with_sim_evidence(stack: Stack, secret: bytes) -> None:
+    result = attester(*stack.sim_args(), "get-resource", "--path", "kbs:///default/attester/secret")
     assert result.returncode == 0, result.stderr
     assert base64.b64decode(result.stdout.strip()) == secret
     assert result.stderr.count("evidence provider: sim") == 1
+
+
+@pytest.mark.parametrize("key", list(KeyAlgorithm))
+def test_every_tee_key_type_against_the_kbs(stack: Stack, secret: bytes, key: KeyAlgorithm) -> None:
+    provider = SimTdProvider(stack.platform, stack.qgs_socket)
+    with KbsClient(stack.kbs.url, provider, key_algorithm=key) as client:
+        assert client.get_resource(parse_resource("default/attester/secret")) == secret
 
 
 def test_raw_output_and_initdata(stack: Stack, secret: bytes, tmp_path: Path) -> None:
@@ -90,7 +96,7 @@ def test_missing_resource_exit_code(stack: Stack) -> None:
 
 
 def test_refusing_kbs_stops_at_once_with_its_reason(stack: Stack, secret: bytes) -> None:
-    stack.kbs.admin("set-resource-policy", "--affirming")
+    stack.kbs.set_builtin_resource_policy("affirming")
     try:
         started = time.monotonic()
         result = attester(
@@ -105,7 +111,7 @@ def test_refusing_kbs_stops_at_once_with_its_reason(stack: Stack, secret: bytes)
         )
         elapsed = time.monotonic() - started
     finally:
-        stack.kbs.admin("set-resource-policy", "--builtin", "dev")
+        stack.kbs.set_builtin_resource_policy("dev")
     assert result.returncode == ExitCode.ATTESTATION_REFUSED, result.stderr
     assert "attestation refused" in result.stderr and "PolicyDeny" in result.stderr
     assert "retrying" not in result.stderr
@@ -256,8 +262,6 @@ def test_concurrent_guests(stack: Stack, secret: bytes) -> None:
     results: list[bytes] = []
 
     def one() -> None:
-        from teegate.attester.providers.sim import SimTdProvider
-
         with KbsClient(stack.kbs.url, SimTdProvider(stack.platform, stack.qgs_socket)) as client:
             results.append(client.get_resource(parse_resource("default/attester/secret")))
 
@@ -267,3 +271,22 @@ def test_concurrent_guests(stack: Stack, secret: bytes) -> None:
     for t in threads:
         t.join(60)
     assert results == [secret] * 4
+
+
+def test_quote_from_an_untrusted_platform_is_refused(stack: Stack, secret: bytes, tmp_path: Path) -> None:
+    """A quote signed by another (simulated) platform's PKI fails verification at /attest: exit 4, KBS's reason."""
+    other = tmp_path / "other-platform"
+    SimPlatform.create(other)
+    sock = tmp_path / "other-qgs.sock"
+    qgs = start_qgs(tmp_path, other, sock)
+    with running(qgs):
+        started = time.monotonic()
+        provider = SimTdProvider(other, sock)
+        with (
+            KbsClient(stack.kbs.url, provider, retry=RetryPolicy(attempts=5, deadline=60)) as client,
+            pytest.raises(AttestationRefused) as info,
+        ):
+            client.get_resource(parse_resource("default/attester/secret"))
+    assert info.value.stage == "the evidence (/attest)"
+    assert "trusted" in info.value.detail.lower()  # the KBS's reason reaches the operator
+    assert time.monotonic() - started < 10

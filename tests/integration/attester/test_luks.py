@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from teegate.attester.client import KbsClient
+from teegate.attester.providers.sim import SimTdProvider
+from teegate.attester.uri import parse_resource
 from tests.integration.attester.conftest import Stack
 from tests.integration.attester.luks import make_luks2, unlock
-from tests.integration.attester.stack import DEPLOY, attester, tool_env
+from tests.integration.attester.stack import DEPLOY, tool_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -59,11 +62,10 @@ def test_wrong_passphrase_in_kbs_does_not_unlock(stack: Stack, tmp_path: Path) -
     image = tmp_path / "disk.img"
     make_luks2(image, PASSPHRASE)
     stack.kbs.set_resource("default/luks/wrong", b"not the passphrase")
-    result = attester(*stack.sim_args(), "get-resource", "--path", "default/luks/wrong")
-    assert result.returncode == 0
-    import base64
-
-    accepted, _ = unlock(image, base64.b64decode(result.stdout), f"teegate-wrong-{os.getpid()}")
+    with KbsClient(stack.kbs.url, SimTdProvider(stack.platform, stack.qgs_socket)) as client:
+        released = client.get_resource(parse_resource("default/luks/wrong"))
+    assert released == b"not the passphrase"
+    accepted, _ = unlock(image, released, f"teegate-wrong-{os.getpid()}")
     assert not accepted
 
 
@@ -138,3 +140,12 @@ def test_boot_script_stops_on_configuration_errors(stack: Stack, tmp_path: Path)
     )
     assert refused.returncode == 2
     assert b"not retrying" in refused.stderr and b"plain HTTP off loopback" in refused.stderr
+
+    absent = subprocess.run(
+        [str(DEPLOY / "systemd" / "teegate-fetch-key"), str(config)],
+        capture_output=True,
+        timeout=30,
+        env=tool_env(TEEGATE_ATTESTER="/nonexistent/teegate-attester"),
+        check=False,
+    )
+    assert absent.returncode == 127 and b"cannot be run" in absent.stderr

@@ -347,7 +347,9 @@ def _jwks(key: ec.EllipticCurvePrivateKey, kid: str) -> str:
     def b64(n: int) -> str:
         return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
 
-    return json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(numbers.x), "y": b64(numbers.y)}]})
+    return json.dumps(
+        {"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(numbers.x), "y": b64(numbers.y)}]}
+    )
 
 
 def test_jwks_rotation(tmp_path: Path) -> None:

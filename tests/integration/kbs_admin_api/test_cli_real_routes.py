@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from teegate.kbs.admin_auth import AclRule, AdminAuthConfig, mint_admin_token
+from teegate.kbs.policy import builtin_policy_text
+from teegate.kbs.storage import PolicyKind
 from tests.integration.kbs_admin_api.server import AdminApiServer
 from tests.integration.kbs_storage import test_admin_cli as cli
 from tests.integration.kbs_storage.test_admin_cli import KEY, _ok, _run
@@ -101,3 +103,57 @@ def test_set_attestation_policy_wire_real(
     assert isinstance(refused.exception, cli.AdminRequestFailed)
     assert refused.exception.status == 400 and refused.exception.error_type == "ParsePolicyError"
     assert "trust_claims" in refused.exception.detail
+
+
+@pytest.mark.parametrize(
+    ("args", "builtin"),
+    [
+        (["--default"], "default"),
+        (["--builtin", "trustee-default"], "trustee-default"),
+        (["--builtin", "dev"], "dev"),
+    ],
+)
+def test_set_resource_policy_teegate_builtins(
+    server: tuple[AdminApiServer, str], token_file: Path, args: list[str], builtin: str
+) -> None:
+    srv, url = server
+    result = _run(["--url", url, "--admin-token-file", str(token_file), "set-resource-policy", *args])
+    assert _ok(result) == f"set resource policy (built-in {builtin})\n"
+    text = builtin_policy_text(PolicyKind.RESOURCE, builtin).encode()
+    assert srv.requests[-1].body == b'{"policy":"' + base64.urlsafe_b64encode(text).rstrip(b"=") + b'"}'
+    assert srv.resource_policy == text
+    assert ("warning" in result.stderr) == (builtin == "dev")
+    both = _run(
+        [
+            "--url",
+            url,
+            "--admin-token-file",
+            str(token_file),
+            "set-resource-policy",
+            "--default",
+            "--deny-all",
+        ]
+    )
+    assert both.exit_code == 2 and "exactly one" in both.output
+
+
+def test_get_attestation_policy(server: tuple[AdminApiServer, str], token_file: Path) -> None:
+    _srv, url = server
+    out = _ok(
+        _run(
+            [
+                "--url",
+                url,
+                "--admin-token-file",
+                str(token_file),
+                "get-attestation-policy",
+                "--id",
+                "strict_cpu",
+            ]
+        )
+    )
+    assert out == builtin_policy_text(PolicyKind.ATTESTATION, "strict_cpu")
+    missing = _run(
+        ["--url", url, "--admin-token-file", str(token_file), "get-attestation-policy", "--id", "nope"]
+    )
+    assert isinstance(missing.exception, cli.AdminRequestFailed) and missing.exception.status == 401

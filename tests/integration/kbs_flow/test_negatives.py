@@ -246,3 +246,9 @@ def test_random_bodies_never_500(guest: Guest) -> None:
             error_type(r)
     r = guest.client.get("/kbs/v0/resource/" + "a/" * 300 + "b")
     assert r.status_code == 404
+
+
+def test_unknown_plugin_and_method(guest: Guest) -> None:
+    _check(guest.client.get("/kbs/v0/nebula-ca/credential"), 404, "PluginNotFound", "nebula-ca")
+    _check(guest.client.get("/elsewhere"), 404, "InvalidRequestPath")
+    _check(guest.client.put("/kbs/v0/auth", content=b"{}"), 405, "MethodNotAllowed")

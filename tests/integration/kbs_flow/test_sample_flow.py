@@ -77,3 +77,40 @@ def test_sample_handshake_releases_resource(kbs: str) -> None:
         assert _decrypt_jwcrypto(body, guest) == SECRET
     finally:
         guest.close()
+
+
+def test_sha512_negotiated_when_client_lacks_sha384(kbs: str) -> None:
+    from teegate.kbs.protocol import Challenge, HashAlgorithm, runtime_data_digest
+
+    guest = Guest(kbs)
+    try:
+        r = guest.client.post(
+            "/kbs/v0/auth",
+            json={
+                "version": "0.4.0",
+                "tee": "sample",
+                "extra-params": {"supported-hash-algorithms": ["sha512"]},
+            },
+        )
+        assert r.status_code == 200
+        challenge = Challenge.parse(r.json())
+        assert challenge.extra_params == {"selected-hash-algorithm": "sha512"}
+        assert challenge.hash_algorithm() is HashAlgorithm.SHA512
+        guest.nonce = challenge.nonce
+        digest = runtime_data_digest(guest.nonce, guest.jwk, "", HashAlgorithm.SHA512)
+        assert len(digest) == 64
+        assert guest.attest(guest.attestation(guest.sample_evidence(digest))).status_code == 200
+        assert guest.resource("default/key/1").status_code == 200
+        # The default (SHA-384) extra-params stay Trustee's empty string.
+        assert guest.auth().json()["extra-params"] == ""
+        r = guest.client.post(
+            "/kbs/v0/auth",
+            json={
+                "version": "0.4.0",
+                "tee": "sample",
+                "extra-params": {"supported-hash-algorithms": ["sm3"]},
+            },
+        )
+        assert r.status_code == 401 and "sm3" in r.json()["detail"]
+    finally:
+        guest.close()

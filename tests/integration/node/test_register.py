@@ -14,7 +14,7 @@ import pytest
 
 from teegate.errors import CollateralUnavailable, ConfigError, ParseError
 from teegate.node.register import Outcome, RegisterSettings, register, register_simulated
-from tests.unit.node.backend import FakeBackend
+from teegate.sim import SimPlatform
 
 REQUEST_VAR = "SgxRegistrationServerRequest-304e0796-d515-4698-ac6e-e76cb1a71c28"
 RESPONSE_VAR = "SgxRegistrationServerResponse-89589c7b-b2d9-4fc9-bcda-463b983b2fb7"
@@ -126,7 +126,8 @@ def test_server_failure_leaves_no_marker(tmp_path: Path, service: Recorder) -> N
 
 def test_simulated_platform_registers_with_pccs(tmp_path: Path, service: Recorder) -> None:
     settings = RegisterSettings(url=service.url, state_dir=tmp_path / "run", user_token="user-secret")
-    result = register_simulated(settings, FakeBackend())
+    platform = SimPlatform.create(tmp_path / "sim")
+    result = register_simulated(settings, platform)
     assert result.outcome is Outcome.REGISTERED
     path, headers, body = service.requests[0]
     assert path == "/sgx/certification/v4/platforms"
@@ -134,4 +135,6 @@ def test_simulated_platform_registers_with_pccs(tmp_path: Path, service: Recorde
     doc = json.loads(body)
     assert set(doc) == {"qe_id", "pce_id", "cpu_svn", "pce_svn", "enc_ppid", "platform_manifest"}
     assert len(doc["enc_ppid"]) == 768 and len(doc["cpu_svn"]) == 32 and len(doc["pce_svn"]) == 4
-    assert register_simulated(settings, FakeBackend()).outcome is Outcome.ALREADY_THIS_BOOT
+    assert doc == platform.registration()
+    assert doc["cpu_svn"] != "00" * 16
+    assert register_simulated(settings, platform).outcome is Outcome.ALREADY_THIS_BOOT

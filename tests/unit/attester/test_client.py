@@ -163,6 +163,7 @@ def test_deadline_bounds_total_time() -> None:
         (Behaviour(oversize=2 * 1024 * 1024), "exceeds"),
         (Behaviour(wrong_key=True), "does not decrypt with this TEE key"),
         (Behaviour(resource_body=b"garbage"), "not a JWE"),
+        (Behaviour(resource_status=(302, b"moved")), "HTTP 302"),
         (
             Behaviour(
                 resource_body=json.dumps(

@@ -101,3 +101,26 @@ def test_dracut_ships_the_same_unit() -> None:
     assert (DEPLOY / "dracut/90teegate/teegate-luks-key.service").read_text() == (
         DEPLOY / "systemd/teegate-luks-key.service"
     ).read_text()
+
+
+def test_aesm_down_is_retryable(tmp_path: Path) -> None:
+    from teegate.attester.providers.aesm import AesmProvider
+    from teegate.sim import SimPlatform
+
+    SimPlatform.create(tmp_path / "platform")
+    provider = AesmProvider(tmp_path / "platform", tmp_path / "no-aesm.socket")
+    with pytest.raises(EvidenceUnavailable, match=r"sgx-aesm: .*no-aesm.socket") as info:
+        provider.evidence(bytes(48))
+    assert info.value.retryable
+    with pytest.raises(EvidenceUnavailable, match=r"needs --sim-platform"):
+        AesmProvider(None)
+
+
+def test_sim_provider_needs_a_platform(tmp_path: Path) -> None:
+    from teegate.attester.providers import ProviderOptions, select_provider
+    from teegate.attester.providers.sim import SimTdProvider
+
+    with pytest.raises(EvidenceUnavailable, match=r"needs --sim-platform"):
+        select_provider("sim", ProviderOptions())
+    with pytest.raises(EvidenceUnavailable, match=r"cannot load the simulated platform"):
+        SimTdProvider(tmp_path / "absent")

@@ -57,12 +57,6 @@ def test_wrong_provider(tmp_path: Path) -> None:
     assert list(fake.root.iterdir()) == []
 
 
-def test_sev_provider_is_named_not_silently_used(tmp_path: Path) -> None:
-    fake = FakeTsm(tmp_path / "tsm", provider="sev_guest")
-    with pytest.raises(EvidenceUnavailable, match=r"sev_guest.*snp"):
-        _provider(fake, tmp_path)
-
-
 def test_provider_changed_between_probe_and_report(tmp_path: Path) -> None:
     fake = FakeTsm(tmp_path / "tsm")
     provider = _provider(fake, tmp_path)
@@ -127,3 +121,22 @@ def test_auto_selection_never_falls_back_to_sample(tmp_path: Path, monkeypatch: 
         select_provider("auto", options)
     provider, why = select_provider("sample", options)
     assert provider.name == "sample" and why == "requested"
+
+
+def test_initdata_checked_against_mrconfigid(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements"
+    measurements.mkdir()
+    digest = bytes(range(48))
+    (measurements / "mrconfigid").write_bytes(digest)
+    fake = FakeTsm(tmp_path / "tsm")
+    provider = TsmProvider(
+        fake.root,
+        ops=fake.ops,
+        ccel_path=tmp_path / "x",
+        aael_path=tmp_path / "x",
+        measurements=measurements,
+        device=tmp_path / "x",
+    )
+    assert provider.evidence(DIGEST, init_data_digest=digest)["quote"]
+    with pytest.raises(EvidenceUnavailable, match=r"does not match this TD's MRCONFIGID"):
+        provider.evidence(DIGEST, init_data_digest=bytes(48))

@@ -54,8 +54,12 @@ async def test_default_requires_every_submodule_affirming(engine: PolicyEngine) 
     assert "data.policy.allow is false" in warn.reason
     empty = await engine.resource_allowed({"submods": {}}, PATH)
     assert not empty.allowed and "no EAR submodules" in empty.reason
-    garbage = await engine.resource_allowed({"submods": "nope"}, PATH)
-    assert not garbage.allowed
+    for garbage in (
+        {"submods": "nope"},
+        {"submods": {"cpu0": {"ear.status": b"affirming"}}},
+        {"submods": [1]},
+    ):
+        assert not (await engine.resource_allowed(garbage, PATH)).allowed
 
 
 @pytest.mark.parametrize(

@@ -92,3 +92,18 @@ def test_plain_http_off_loopback_refused_and_dev_loopback_only(tmp_path: Path) -
     assert parse_listen("[::1]:9000") == ("::1", 9000) and is_loopback("::1") and not is_loopback("10.1.2.3")
     with pytest.raises(ConfigError):
         parse_listen("nohost")
+
+
+def test_kubevirt_example_config_loads(tmp_path: Path) -> None:
+    """The example KbsConfig's kbs-config.toml (deploy/k8s) is accepted as is."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    documents = list(yaml.safe_load_all((root / "deploy/k8s/examples/kubevirt-tdx/kbs.yaml").read_text()))
+    config_map = next(d for d in documents if d and d.get("metadata", {}).get("name") == "kbs-config")
+    config = tmp_path / "kbs-config.toml"
+    config.write_text(config_map["data"]["kbs-config.toml"])
+    settings = load_settings(config, environ={"TEEGATE_DATA_DIR": str(tmp_path)})
+    assert settings.listen == ("0.0.0.0", 8080) and settings.insecure_http
+    settings.check_transport()
+    assert settings.resource_policy_path == Path("/etc/teegate/policy/resource/policy.rego")

@@ -1,0 +1,2 @@
+"""Key Broker Service: Trustee-compatible protocol (``protocol``, ``session``, ``jwe``, ``token``,
+``app``), policies (``policy``), storage (``storage``), admin API and audit."""
