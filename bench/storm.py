@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.scaleout.storm import run_storm  # noqa: E402
-from tests.integration.scaleout.topology import Topology  # noqa: E402
+from tests.integration.scaleout.storm import run_storm
+from tests.integration.scaleout.topology import Topology
 
 SECRET = b"storm-disk-passphrase-0123456789"
 RESOURCE = "default/storm/passphrase"
@@ -82,7 +82,10 @@ def main() -> int:
                 runs.append(("peer: one replica direct", topology.replica_urls[0], 1))
             failed = False
             for label, url, replicas in runs:
-                print(f"\n== {label}: {args.vms} VMs, {replicas} replica(s), {args.threads} in flight", flush=True)
+                print(
+                    f"\n== {label}: {args.vms} VMs, {replicas} replica(s), {args.threads} in flight",
+                    flush=True,
+                )
                 before = _cpu_by_component(topology)
                 result = run_storm(
                     url,

@@ -84,7 +84,11 @@ def test_attestation_body_structures(runtime: object, evidence: object, extra: d
 
 
 @_FAST
-@given(seed=st.sampled_from(["tdx.json", "sample-additional-initdata.json"]), edits=_edits, cut=st.integers(0, 64))
+@given(
+    seed=st.sampled_from(["tdx.json", "sample-additional-initdata.json"]),
+    edits=_edits,
+    cut=st.integers(0, 64),
+)
 def test_attestation_body_mutations(seed: str, edits: list[tuple[int, int]], cut: int) -> None:
     run_one("attestation", _mutate((CORPUS / "attestation" / seed).read_bytes(), edits, cut))
 
@@ -102,6 +106,8 @@ def test_jwe_decrypt_refuses_garbage(members: dict[str, str], header: object) ->
 
 
 @_FAST
-@given(jwk=st.dictionaries(st.sampled_from(["kty", "crv", "alg", "x", "y", "n", "e"]), _json | _b64, max_size=7))
+@given(
+    jwk=st.dictionaries(st.sampled_from(["kty", "crv", "alg", "x", "y", "n", "e"]), _json | _b64, max_size=7)
+)
 def test_tee_jwk_parsing(jwk: dict[str, object]) -> None:
     run_one("jwe", json.dumps({"kty": "EC", **jwk}).encode())

@@ -110,7 +110,7 @@ def _cause(exc: AttesterError) -> str:
     return f"{kind}:{variant}" if variant else kind
 
 
-def run_storm(  # noqa: PLR0913
+def run_storm(
     url: str,
     platform_dir: Path,
     qgs_socket: Path,

@@ -38,7 +38,9 @@ def _clock(offset: float) -> Callable[[], float]:
 
 
 @pytest.fixture(scope="module")
-def replicas(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def replicas(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("skew")
     platform = SimPlatform.create(root / "platform")
     key_file = root / "session.key"
@@ -47,7 +49,9 @@ def replicas(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathF
     policy.write_text(RESOURCE_POLICY)
     data = root / "data"
     storage = StorageSettings(
-        data_dir=data, backend=Backend.POSTGRES, postgres_dsn=postgres_server.dsn(postgres_server.create_database("skew"))
+        data_dir=data,
+        backend=Backend.POSTGRES,
+        postgres_dsn=postgres_server.dsn(postgres_server.create_database("skew")),
     )
 
     async def put() -> None:
@@ -69,7 +73,10 @@ def replicas(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathF
         resource_policy_path=policy,
     )
     with ExitStack() as stack:
-        urls = {name: stack.enter_context(serve(build_app(settings, clock=_clock(skew)))) for name, skew in SKEWS.items()}
+        urls = {
+            name: stack.enter_context(serve(build_app(settings, clock=_clock(skew))))
+            for name, skew in SKEWS.items()
+        }
         urls["platform"] = str(platform.directory)
         yield urls
 

@@ -56,8 +56,21 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     port = free_port()
     (tmp_path / "pccs").mkdir()
     pccs = subprocess.Popen(
-        [sys.executable, "-m", "teegate.cli", "pccs", "serve", "--listen", f"127.0.0.1:{port}",
-         "--data-dir", str(tmp_path / "pccs"), "--sim-platform", str(cached.directory), "--mode", "lazy"],
+        [
+            sys.executable,
+            "-m",
+            "teegate.cli",
+            "pccs",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "pccs"),
+            "--sim-platform",
+            str(cached.directory),
+            "--mode",
+            "lazy",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "pccs.log").open("wb"),
     )
@@ -75,7 +88,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     anchors = TrustAnchors.intel().with_anchor(cached.anchor()).with_anchor(uncached.anchor())
     cache_dir = tmp_path / "collateral-cache"
     source = CachedSource(PcsClient(pccs_url, timeout=3.0), cache_dir, verifier_anchors=anchors)
-    verifiers = VerifierSet({Tee.TDX: DcapVerifier(Tee.TDX, QuoteVerifier(anchors), source, collateral_ttl=1.0)})
+    verifiers = VerifierSet(
+        {Tee.TDX: DcapVerifier(Tee.TDX, QuoteVerifier(anchors), source, collateral_ttl=1.0)}
+    )
     data = tmp_path / "kbs"
     policy = tmp_path / "resource.rego"
     policy.write_text(RESOURCE_POLICY)

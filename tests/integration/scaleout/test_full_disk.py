@@ -67,9 +67,23 @@ def test_full_disk_clear_error_no_corruption(tmp_path: Path) -> None:
         log = tmp_path / "kbs.log"
         with log.open("wb") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "teegate.cli", "kbs", "serve", "--config", str(config), "--data-dir",
-                 str(data), "--listen", f"127.0.0.1:{port}", "--sim-platform", str(platform.directory),
-                 "--log-format", "text"],
+                [
+                    sys.executable,
+                    "-m",
+                    "teegate.cli",
+                    "kbs",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--data-dir",
+                    str(data),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--sim-platform",
+                    str(platform.directory),
+                    "--log-format",
+                    "text",
+                ],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "TEEGATE_KBS_POSTGRES_URL": ""},
@@ -80,7 +94,9 @@ def test_full_disk_clear_error_no_corruption(tmp_path: Path) -> None:
             headers = {**_admin(data), "Content-Type": "application/octet-stream"}
 
             def put(name: str, body: bytes) -> httpx.Response:
-                return httpx.post(f"{url}/kbs/v0/resource/default/vm/{name}", content=body, headers=headers, timeout=30)
+                return httpx.post(
+                    f"{url}/kbs/v0/resource/default/vm/{name}", content=body, headers=headers, timeout=30
+                )
 
             assert put("kept", b"written-before-the-disk-filled").status_code == 200
             stats = os.statvfs(small)

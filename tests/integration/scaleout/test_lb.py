@@ -43,7 +43,9 @@ def _reply(name: str) -> Handler:
 
 async def _chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     await writer.drain()
     writer.close()
 
@@ -80,10 +82,14 @@ async def _proxy(backends: list[str]) -> AsyncIterator[str]:
 
 
 async def test_round_robin_per_request_on_one_connection() -> None:
-    async with _backend(_reply("a")) as a, _backend(_reply("b")) as b, _proxy([a, b]) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            names = [(await client.post("/kbs/v0/auth", content=b"{}")).text.split("|")[0] for _ in range(6)]
-            response = await client.get("/x?y=1")
+    async with (
+        _backend(_reply("a")) as a,
+        _backend(_reply("b")) as b,
+        _proxy([a, b]) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        names = [(await client.post("/kbs/v0/auth", content=b"{}")).text.split("|")[0] for _ in range(6)]
+        response = await client.get("/x?y=1")
     assert names == ["a", "b", "a", "b", "a", "b"]
     assert response.text.split("|")[1] == "/x?y=1"
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
@@ -92,7 +98,11 @@ async def test_round_robin_per_request_on_one_connection() -> None:
 
 async def test_refused_backend_is_skipped() -> None:
     dead = f"127.0.0.1:{free_port()}"
-    async with _backend(_reply("a")) as a, _proxy([dead, a]) as url, httpx.AsyncClient(base_url=url) as client:
+    async with (
+        _backend(_reply("a")) as a,
+        _proxy([dead, a]) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         names = {(await client.get("/")).text.split("|")[0] for _ in range(4)}
     assert names == {"a"}
 
@@ -132,7 +142,9 @@ async def test_bounds_and_refusals() -> None:
     async with _backend(_reply("a")) as a, _proxy([a]) as url:
         big = await _raw(url, f"POST / HTTP/1.1\r\ncontent-length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode())
         assert big.startswith(b"HTTP/1.1 413") and b"PayloadTooLarge" in big
-        chunked = await _raw(url, b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        chunked = await _raw(
+            url, b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
         assert chunked.startswith(b"HTTP/1.1 501")
         assert (await _raw(url, b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400")
         assert (await _raw(url, b"GET / HTTP/1.1\r\n bad: fold\r\n\r\n")).startswith(b"HTTP/1.1 400")

@@ -114,10 +114,9 @@ def _wait_socket(path: Path, daemon: Daemon, timeout: float = 30) -> None:
         if not daemon.alive():
             raise RuntimeError(f"{daemon.name} exited: {daemon.output()}")
         if path.exists():
-            with socket.socket(socket.AF_UNIX) as sock:
-                with contextlib.suppress(OSError):
-                    sock.connect(str(path))
-                    return
+            with socket.socket(socket.AF_UNIX) as sock, contextlib.suppress(OSError):
+                sock.connect(str(path))
+                return
         time.sleep(0.05)
     raise RuntimeError(f"{path} did not appear: {daemon.output()}")
 
