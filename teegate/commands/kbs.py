@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -132,6 +133,10 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
                 "sim_platform": platform_dir,
             },
         )
+    if dev and settings.admin is not None:
+        # The development profile owns admin access: a generated key and DIR/admin-token.
+        logging.getLogger("teegate.kbs").warning("--dev ignores the [admin] table of %s", config_path)
+        settings = dataclasses.replace(settings, admin=None)
     settings.check_transport()
     app = build_app(settings)
     key_path = admin_key_path(settings.data_dir)

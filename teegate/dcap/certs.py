@@ -305,7 +305,9 @@ def verify_chain(
     for index, cert in enumerate(certs[:-1]):
         issuer = certs[index + 1]
         if memo is None or (cert, issuer) not in memo:
-            if not _is_ca(issuer):
+            # The root is trusted for its key alone; any other issuer must be a CA, so that
+            # a leaked leaf key (say a PCK key) cannot issue certificates of its own.
+            if issuer is not root and not _is_ca(issuer):
                 raise VerificationError(
                     "CERT_CHAIN_BROKEN", f"{what}: issuer {_cn(issuer)!r} is not a CA", step=step
                 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -266,10 +267,15 @@ def _upper_hex(reader: _Reader, key: str, size: int) -> str:
 _V2_KEYS = tuple(f"sgxtcbcomp{n:02d}svn" for n in range(1, 17))
 
 
-def _svn(value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= 255:
+_GET_SVN = operator.itemgetter("svn")
+_INT_ONLY = frozenset({int})
+
+
+def _svns(values: tuple[Any, ...]) -> tuple[int, ...]:
+    """``values`` if all are ints in [0, 255] (checked with C-level builtins: this is hot)."""
+    if not values or not set(map(type, values)) <= _INT_ONLY or min(values) < 0 or max(values) > 255:
         raise TypeError
-    return value
+    return values
 
 
 def _tcb_level(item: Any, index: int, version: int, is_tdx: bool, dates: dict[str, datetime]) -> TcbLevel:
@@ -278,11 +284,11 @@ def _tcb_level(item: Any, index: int, version: int, is_tdx: bool, dates: dict[st
     try:
         tcb = item["tcb"]
         if version == 2:
-            sgx = tuple(_svn(tcb[key]) for key in _V2_KEYS)
+            sgx = _svns(tuple(map(tcb.__getitem__, _V2_KEYS)))
             tdx = None
         else:
-            sgx = tuple(_svn(c["svn"]) for c in tcb["sgxtcbcomponents"])
-            tdx = tuple(_svn(c["svn"]) for c in tcb["tdxtcbcomponents"]) if is_tdx else None
+            sgx = _svns(tuple(map(_GET_SVN, tcb["sgxtcbcomponents"])))
+            tdx = _svns(tuple(map(_GET_SVN, tcb["tdxtcbcomponents"]))) if is_tdx else None
         pcesvn = tcb["pcesvn"]
         date_text = item["tcbDate"]
         status = item["tcbStatus"]

@@ -345,15 +345,6 @@ def _check_collateral(
     )
 
 
-def _common_name(cert: x509.Certificate) -> str:
-    try:
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    except ValueError:
-        return ""
-    value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -442,10 +433,6 @@ class QuoteVerifier:
                 "ROOT_CA_MISMATCH",
                 f"PCK chain ends at {chain.anchor.name!r}, the collateral at {checked.anchor.name!r}",
                 step=STEP_PCK_CHAIN,
-            )
-        if "SGX PCK Certificate" not in _common_name(chain.leaf):
-            raise VerificationError(
-                "INVALID_PCK_CERT", "the PCK chain's leaf is not an SGX PCK Certificate", step=STEP_PCK_CHAIN
             )
         ext = parse_pck_extensions(chain.leaf)
         # Step 4 (platform half): the TCB Info is for this platform's FMSPC and PCE.

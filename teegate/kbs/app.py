@@ -19,6 +19,7 @@ escapes as an unhandled exception.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -237,6 +238,7 @@ class KbsRuntime:
     audit: AuditLog = field(default_factory=AuditLog)
     admin_auth: AdminAuthConfig = field(default_factory=AdminAuthConfig)
     admin_context: AdminContext | None = None
+    admin_routes: list[BaseRoute] = field(default_factory=list)
 
     # -- helpers --
 
@@ -671,10 +673,15 @@ def build_app(
             runtime.storage = storage
             runtime.policy = engine
             _mount_admin(app, runtime, storage, engine)
+            del engine
             yield
         finally:
             runtime.storage = None
             runtime.policy = None
+            _unmount_admin(app, runtime)
+            # Compiled Rego engines must be freed on the thread that made them (the server's):
+            # collect their reference cycles here rather than wherever the GC next runs.
+            gc.collect()
             await storage.close()
 
     async def healthz(request: HttpRequest) -> Response:
@@ -709,14 +716,19 @@ def build_app(
 
 def _mount_admin(app: Starlette, runtime: KbsRuntime, storage: Storage, engine: PolicyEngine) -> None:
     """Add the admin API routes (:mod:`teegate.kbs.admin_api`) once storage and policy exist."""
-    ctx = runtime.admin_context
-    if ctx is not None:  # a second lifespan of the same app: point the routes at the new store
-        ctx.storage, ctx.policy = storage, engine
-        return
     runtime.admin_context = AdminContext(
         storage=storage, admin_auth=runtime.admin_auth, policy=engine, audit=runtime.audit
     )
-    app.router.routes.extend(admin_routes(runtime.admin_context))
+    runtime.admin_routes = admin_routes(runtime.admin_context)
+    app.router.routes.extend(runtime.admin_routes)
+
+
+def _unmount_admin(app: Starlette, runtime: KbsRuntime) -> None:
+    """Remove the admin routes (and with them the last references to the storage and engine)."""
+    mounted = {id(route) for route in runtime.admin_routes}
+    app.router.routes[:] = [route for route in app.router.routes if id(route) not in mounted]
+    runtime.admin_routes = []
+    runtime.admin_context = None
 
 
 # --- OpenAPI --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -308,37 +309,20 @@ def _unescape(literal: str) -> str:
 
 
 # regorus engines are thread-affine (PyO3 "unsendable"): dropping one on another thread is an
-# error and leaks it. Engines are only held by an _EngineBox, never in a reference cycle, so they
-# are freed on the thread that drops the last reference; a box finalised elsewhere (garbage
-# collection can run on any thread) hands its engine back to its own event loop to be dropped.
-_ORPHANED_ENGINES: list[Any] = []  # engines whose thread has no running loop any more (kept, not dropped)
-
-
-def _release(engine: Any) -> None:
-    """Runs on the engine's own loop; the reference dies when this call returns."""
-
-
+# error. Engines are only held by an _EngineBox and never in a reference cycle, so they are freed
+# by reference counting on the thread that drops the last reference (the event loop's, on cache
+# eviction). A box finalised on another thread (the garbage collector can run anywhere) leaks its
+# engine on purpose rather than drop it there.
 class _EngineBox:
-    __slots__ = ("_loop", "_thread", "engine")
+    __slots__ = ("_thread", "engine")
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self._thread = threading.get_ident()
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
 
     def __del__(self) -> None:
-        engine = self.engine
-        if engine is None or threading.get_ident() == self._thread:
-            return
-        try:
-            if self._loop is None or self._loop.is_closed():
-                raise RuntimeError("no loop")
-            self._loop.call_soon_threadsafe(_release, engine)
-        except RuntimeError:
-            _ORPHANED_ENGINES.append(engine)
+        if self.engine is not None and threading.get_ident() != self._thread:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.engine))  # never freed: leaked, not dropped
 
 
 class _RvLookup:
@@ -389,19 +373,21 @@ class _Compiled:
 
     def _compile(self, text: str) -> str | None:
         """Load the policy and check it; returns what is wrong (no exception keeps a frame alive)."""
-        kind, policy_id, engine = self.kind.value, self.policy_id, self._box.engine
+        # The engine is never held in a local: a frame kept alive by a traceback must not hold
+        # it (it would be dropped wherever that frame is collected); the box handles that.
+        kind, policy_id, box = self.kind.value, self.policy_id, self._box
         with contextlib.suppress(AttributeError, TypeError, RuntimeError):  # older bindings: defaults
-            engine.set_policy_length_config(
+            box.engine.set_policy_length_config(
                 max_col=MAX_POLICY_BYTES, max_file_bytes=MAX_POLICY_BYTES, max_lines=MAX_POLICY_BYTES
             )
         try:
-            engine.add_policy(f"{kind}/{policy_id}.rego", text)
+            box.engine.add_policy(f"{kind}/{policy_id}.rego", text)
         except (RuntimeError, ValueError) as exc:
             return f"{kind} policy {policy_id!r} does not compile: {_engine_message(exc)}"
-        packages = engine.get_packages()
+        packages = box.engine.get_packages()
         if "data.policy" not in packages:
             return f"{kind} policy {policy_id!r} must be in package 'policy' (found {sorted(packages)})"
-        engine.add_extension("query_reference_value", 1, self._lookup)
+        box.engine.add_extension("query_reference_value", 1, self._lookup)
         main_rule = _TRUST_CLAIMS_RULE if self.kind is PolicyKind.ATTESTATION else _ALLOW_RULE
         defined: dict[str, bool] = {}
         for rule in (main_rule, _EXTENSIONS_RULE, _REASONS_RULE):
@@ -417,14 +403,14 @@ class _Compiled:
 
     def _trial(self, rule: str) -> bool | str:
         """Whether ``rule`` exists; a trial run on empty input also catches unknown functions."""
-        engine = self._box.engine
+        box = self._box
         with self.lock:
             self._lookup.values, self._lookup.asked, self._data = {}, set(), None
-            engine.set_input({})
-            engine.clear_data()
-            engine.add_data({"plugin": "", "resource-path": [], "query": {}, "reference": {}})
+            box.engine.set_input({})
+            box.engine.clear_data()
+            box.engine.add_data({"plugin": "", "resource-path": [], "query": {}, "reference": {}})
             try:
-                engine.eval_rule(rule)
+                box.engine.eval_rule(rule)
             except (RuntimeError, ValueError) as exc:
                 message = _engine_message(exc)
                 if _NOT_A_RULE in message:
@@ -437,29 +423,29 @@ class _Compiled:
         self, input_value: Any, data: dict[str, Any], values: Mapping[str, Any], rules: Sequence[str]
     ) -> tuple[dict[str, Any], set[str]]:
         """Evaluate ``rules``; returns results (None for undefined) and names asked but not given."""
-        engine = self._box.engine
+        box = self._box
         failure: str | None = None
         results: dict[str, Any] = {}
         with self.lock:
             self._lookup.values, self._lookup.asked = values, set()
             try:
                 try:
-                    engine.set_input(input_value)
+                    box.engine.set_input(input_value)
                     if self.uses_data_reference:
                         data = {**data, "reference": dict(values)}
                     if data != self._data:
                         # Changing data makes regorus re-prepare the policy (tens of µs): only
                         # when it differs from the last evaluation's (same resource path, no RVs).
                         self._data = None
-                        engine.clear_data()
+                        box.engine.clear_data()
                         if data:
-                            engine.add_data(data)
+                            box.engine.add_data(data)
                         self._data = data
                 except Exception as exc:  # a value regorus cannot represent
                     failure = f"input or data not representable in Rego: {_engine_message(exc)}"
                 for rule in rules if failure is None else ():
                     try:
-                        results[rule] = engine.eval_rule(rule)
+                        results[rule] = box.engine.eval_rule(rule)
                     except (RuntimeError, ValueError) as exc:
                         message = _engine_message(exc)
                         if _NOT_A_RULE in message:

@@ -3,7 +3,7 @@
 Seeds come from ``tests/fuzz/corpus/TARGET/`` (read only); what libFuzzer finds goes to a temporary
 directory (``--keep DIR`` to keep it; copy an input worth keeping into the corpus by hand). A crash
 (any exception other than a teegate error) stops the run with a non-zero status and leaves
-``crash-*`` in the working directory, as libFuzzer does. Prints executions and crashes found.
+``crash-*`` in that directory (its path is printed); known ones are kept in ``tests/fuzz/crashes/``. Prints executions and crashes found.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main() -> None:
         "-max_len=65536",
         "-rss_limit_mb=2048",
         "-print_final_stats=1",
+        f"-artifact_prefix={scratch}/",
         *rest,
     ]
+    print(f"fuzz {name}: seeds {seeds}, new inputs and crashes in {scratch}", file=sys.stderr, flush=True)
     atheris.Setup(argv, one)
     atheris.Fuzz()
 

@@ -44,15 +44,16 @@ async def _put(tmp_path: Path, path: str, data: bytes) -> None:
         await storage.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def kbs(tmp_path: Path, clock: Clock) -> Iterator[str]:
-    asyncio.run(_put(tmp_path, "default/key/1", b"secret"))
-    with serve(build_app(_settings(tmp_path, max_body_bytes=64 * 1024), clock=clock)) as url:
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("kbs-negatives")
+    asyncio.run(_put(data, "default/key/1", b"secret"))
+    with serve(build_app(_settings(data, max_body_bytes=64 * 1024), clock=clock)) as url:
         yield url
 
 
@@ -125,7 +126,10 @@ def test_forged_session_cookie(guest: Guest) -> None:
 def test_expired_session(guest: Guest, clock: Clock) -> None:
     assert guest.auth().status_code == 200
     clock.now += 301
-    _check(guest.attest(), 401, "AttestationError", "expired")
+    try:
+        _check(guest.attest(), 401, "AttestationError", "expired")
+    finally:
+        clock.now -= 301
 
 
 def test_nonce_mismatch(guest: Guest) -> None:

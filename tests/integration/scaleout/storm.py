@@ -131,10 +131,10 @@ def run_storm(
     bad_provider = DebugTdProvider(platform, qgs_socket)
     bad = set(range(0, vms, max(1, vms // bad_vms))[:bad_vms]) if bad_vms else set()
     outcomes: list[VmOutcome] = []
+    clients: list[KbsClient] = []
     lock = threading.Lock()
-    started = time.monotonic()
-
     local = threading.local()
+    started = time.monotonic()
 
     def client(is_bad: bool) -> KbsClient:
         # One client per in-flight slot and evidence kind, reused VM after VM: creating an
@@ -165,12 +165,10 @@ def run_storm(
         with lock:
             outcomes.append(outcome)
 
-    clients: list[KbsClient] = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vm") as pool:
             list(pool.map(boot, range(vms)))
     finally:
         for item in clients:
             item.close()
-    result = StormResult(vms, len(bad), time.monotonic() - started, outcomes)
-    return result
+    return StormResult(vms, len(bad), time.monotonic() - started, outcomes)

@@ -6,6 +6,7 @@ the session key and database, the proxy, a simulated QGS.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from teegate.attester.client import KbsClient, RetryPolicy
+from teegate.attester.providers.sim import SimTdProvider
+from teegate.attester.uri import parse_resource
 from tests.integration.scaleout.guest import StepGuest, error_type
 from tests.integration.scaleout.storm import StormResult, run_storm
 from tests.integration.scaleout.topology import Topology
@@ -108,17 +112,35 @@ def _metric(url: str, name: str, label: str) -> float:
     return total
 
 
-def test_replica_killed_mid_handshake_client_completes_elsewhere(topology: Topology) -> None:
+def test_replica_killed_mid_handshake_client_completes_elsewhere(
+    topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
     first, second = topology.replica_urls
     # A handshake begun on the first replica…
     guest = StepGuest(topology.platform)
     assert guest.auth(first).status_code == 200
-    # …which dies (SIGKILL) while a 20-VM storm is running through the proxy.
+    # …which hangs with requests in flight (a 20-VM storm and one attester through the proxy)…
     results: list[StormResult] = []
+    topology.replicas[0].freeze()
     thread = _storm(topology, 20, results)
+    assert topology.qgs_socket is not None
+    attester = KbsClient(
+        topology.proxy_url,
+        SimTdProvider(topology.platform.directory, topology.qgs_socket),
+        retry=RetryPolicy(attempts=5, deadline=60, initial_delay=0.2, max_delay=1.0),
+    )
+    got: list[bytes] = []
+    caplog.set_level(logging.WARNING, logger="teegate.attester")
+    single = threading.Thread(target=lambda: got.append(attester.get_resource(parse_resource(RESOURCE))))
+    single.start()
     time.sleep(1.0)
-    topology.replicas[0].kill()
+    topology.replicas[0].kill()  # …and dies: its held requests get 502 from the proxy
     try:
+        single.join(timeout=60)
+        attester.close()
+        assert got == [SECRET]
+        retries = [r.getMessage() for r in caplog.records if "502" in r.getMessage()]
+        assert retries, "the attester never saw the dead replica's 502"
         # The guest carries on through the proxy: its sealed session is valid on the survivor.
         assert guest.attest(topology.proxy_url).status_code == 200
         assert guest.open(guest.resource(topology.proxy_url, RESOURCE)) == SECRET
@@ -132,6 +154,23 @@ def test_replica_killed_mid_handshake_client_completes_elsewhere(topology: Topol
     finally:
         topology.restart_replica(0)
     assert StepGuest(topology.platform).auth(first).status_code == 200
+
+
+def test_small_storm_releases_only_to_good_vms(topology: Topology) -> None:
+    assert topology.qgs_socket is not None
+    result = run_storm(
+        topology.proxy_url,
+        topology.platform.directory,
+        topology.qgs_socket,
+        vms=20,
+        bad_vms=4,
+        resource=RESOURCE,
+        secret=SECRET,
+        threads=8,
+    )
+    assert result.delivered == 16, result.report()
+    assert result.wrong_releases == 0 and result.refused_bad == 4, result.report()
+    assert "keys delivered: 16/16" in result.report()
 
 
 def _recovered(topology: Topology, deadline: float = 30.0) -> float:

@@ -82,6 +82,10 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the replica still accepts connections (kernel backlog) but answers nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL: the replica dies without finishing anything it holds."""
         self.stop(signal.SIGKILL)

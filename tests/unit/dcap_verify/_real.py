@@ -13,6 +13,7 @@ from teegate.dcap.quote import decode_quote_text
 REAL = {
     "tdx": ("dcap-qvl/tdx_quote", "_collateral_sets/dcapqvl_tdx_B0C06F000000_2025-06.json"),
     "sgx": ("dcap-qvl/sgx_quote", "_collateral_sets/dcapqvl_sgx_00A067110000_2025-06.json"),
+    "tdx-v5": ("go-tdx-guest/quote_v5_sample.dat", "_collateral_sets/dcapqvl_tdx_90C06F000000_2026-02.json"),
 }
 
 

@@ -112,3 +112,41 @@ def test_warm_cache_respects_time(platform: SimPlatform) -> None:
         verifier.verify(quote, collateral, now=NOW + timedelta(days=400))
     assert info.value.code.endswith("EXPIRED")
     assert verifier.verify(quote, collateral, now=NOW).status == "UpToDate"
+
+
+def test_leaf_key_cannot_issue(platform: SimPlatform) -> None:
+    """A certificate signed by a (leaked) PCK key is refused: the PCK leaf is not a CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from teegate.dcap.certs import load_crl, load_pem_chain, verify_chain, verify_crl
+
+    pck_key = serialization.load_pem_private_key((platform.directory / "pck.key.pem").read_bytes(), None)
+    assert isinstance(pck_key, ec.EllipticCurvePrivateKey)
+    chain = load_pem_chain(platform.pck_chain_pem, "pck")
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "forged SGX PCK Certificate")]))
+        .issuer_name(chain[0].subject)
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(7)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(pck_key, hashes.SHA256())
+    )
+    collateral = platform.collateral("tdx", now=NOW)
+    root_crl = verify_crl(load_crl(collateral.root_ca_crl, "root"), chain[-1], what="root", step="t")
+    pck_crl = verify_crl(load_crl(collateral.pck_crl, "pck"), chain[1], what="pck", step="t")
+    # Revocation data for the forged link exists (a CRL "by" the PCK key would not help either).
+    with pytest.raises(VerificationError) as info:
+        verify_chain(
+            (forged, *chain),
+            TrustAnchors((platform.anchor(),)),
+            NOW,
+            what="forged",
+            step="t",
+            crls=(root_crl, pck_crl),
+        )
+    assert info.value.code == "CERT_CHAIN_BROKEN"
+    assert "not a CA" in str(info.value)

@@ -14,7 +14,7 @@ from teegate.errors import CollateralError, EvidenceError, ParseError, Verificat
 from ._real import Vector, load
 
 
-@pytest.fixture(params=["tdx", "sgx"])
+@pytest.fixture(params=["tdx", "sgx", "tdx-v5"])
 def vector(request: pytest.FixtureRequest, vectors: Path) -> Vector:
     return load(vectors, request.param)
 
