@@ -9,8 +9,10 @@ running the real attester flow (teegate.attester.client.KbsClient: auth → quot
 socket → attest → resource → JWE decrypt). Every VM's clock starts when the storm starts.
 
 Reports ``keys delivered: X/N``, failures by cause, wrong releases (``--bad-vms`` boot as debug
-TDs and must be refused), handshakes/s and p50/p99/max time-to-key. ``--peer`` runs the same
-storm against one replica directly (no proxy) in the same run, for comparison.
+TDs and must be refused), handshakes/s, p50/p99/max time-to-key and CPU per handshake by component.
+``--peer`` runs the same storm against one replica directly (no proxy) in the same run, for
+comparison. ``--kill-replica-at S`` / ``--crash-postgres-at S`` inject those faults during the
+proxied storm.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +52,32 @@ def _cpu_by_component(topology: Topology) -> dict[str, float]:
     return out
 
 
+def _inject(topology: Topology, kill_at: float | None, pg_at: float | None, pg_down: float) -> threading.Thread:
+    """Faults during the proxied storm: SIGKILL the last replica at ``kill_at`` s; crash PostgreSQL
+    (immediate stop) at ``pg_at`` s and start it again ``pg_down`` s later."""
+
+    def run() -> None:
+        began = time.monotonic()
+        events: list[tuple[float, str]] = []
+        if kill_at is not None:
+            events.append((kill_at, "kill"))
+        if pg_at is not None:
+            events += [(pg_at, "pg-stop"), (pg_at + pg_down, "pg-start")]
+        for at, what in sorted(events):
+            time.sleep(max(0.0, at - (time.monotonic() - began)))
+            if what == "kill":
+                topology.replicas[-1].kill()
+            elif what == "pg-stop":
+                topology.postgres.stop("immediate")
+            else:
+                topology.postgres.start()
+            print(f"  fault at {time.monotonic() - began:.1f}s: {what}", flush=True)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=2000)
@@ -58,6 +87,9 @@ def main() -> int:
     parser.add_argument("--qgs-workers", type=int, default=4)
     parser.add_argument("--pool-size", type=int, default=10, help="PostgreSQL connections per replica")
     parser.add_argument("--peer", action="store_true", help="also storm one replica directly (no proxy)")
+    parser.add_argument("--kill-replica-at", type=float, help="SIGKILL the last replica this many s in")
+    parser.add_argument("--crash-postgres-at", type=float, help="crash PostgreSQL this many s in")
+    parser.add_argument("--postgres-down", type=float, default=3.0, help="seconds PostgreSQL stays down")
     args = parser.parse_args()
     if args.vms < 1 or args.replicas < 1 or not 0 <= args.bad_vms < args.vms:
         parser.error("--vms and --replicas must be positive, --bad-vms below --vms")
@@ -87,6 +119,9 @@ def main() -> int:
                     flush=True,
                 )
                 before = _cpu_by_component(topology)
+                faults = None
+                if url == topology.proxy_url and (args.kill_replica_at is not None or args.crash_postgres_at):
+                    faults = _inject(topology, args.kill_replica_at, args.crash_postgres_at, args.postgres_down)
                 result = run_storm(
                     url,
                     topology.platform.directory,
@@ -97,6 +132,8 @@ def main() -> int:
                     bad_vms=args.bad_vms,
                     threads=args.threads,
                 )
+                if faults is not None:
+                    faults.join(timeout=120)
                 print(result.report(), flush=True)
                 after = _cpu_by_component(topology)
                 per = max(1, result.delivered + result.refused_bad)
@@ -107,7 +144,7 @@ def main() -> int:
                 )
                 failed |= result.delivered != args.vms - args.bad_vms or result.wrong_releases > 0
             dead = [d.name for d in topology.replicas if not d.alive()]
-            if dead:
+            if dead and args.kill_replica_at is None:
                 print(f"replicas that died: {dead}")
                 failed = True
             return 1 if failed else 0

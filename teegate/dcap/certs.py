@@ -122,19 +122,43 @@ def load_crl(data: str | bytes, what: str) -> x509.CertificateRevocationList:
     raw = _as_bytes(data) if isinstance(data, str) else data
     if len(raw) > MAX_CRL_BYTES:
         raise CollateralError(f"{what}: CRL larger than {MAX_CRL_BYTES} bytes")
-    body = raw.strip(b"\x00 \t\r\n")
-    if not body:
+    if not raw:
         raise CollateralError(f"{what}: empty CRL")
     try:
+        if raw[0] == 0x30:
+            # DER ends where its outer length says: its last bytes are signature bytes and may
+            # be NUL or whitespace values, so nothing is stripped; only a NUL padding after the
+            # DER (C structures such as sgx_ql_qve_collateral_t terminate items) is dropped.
+            return x509.load_der_x509_crl(_der_prefix(raw, what))
+        body = raw.strip(b"\x00 \t\r\n")  # text forms only
+        if not body:
+            raise CollateralError(f"{what}: empty CRL")
         if body.startswith(_PEM_CRL_BEGIN):
             return x509.load_pem_x509_crl(body)
-        if body[0] == 0x30:
-            return x509.load_der_x509_crl(body)
         if set(body) <= _HEX_DIGITS:
             return x509.load_der_x509_crl(binascii.unhexlify(body))
     except (ValueError, binascii.Error) as exc:
         raise CollateralError(f"{what}: malformed CRL: {exc}") from None
     raise CollateralError(f"{what}: not a CRL (expected DER, PEM 'X509 CRL' or hex of DER)")
+
+
+def _der_prefix(raw: bytes, what: str) -> bytes:
+    """``raw`` cut at the end of its outer DER element; only NUL bytes may follow it."""
+    if len(raw) < 2:
+        raise CollateralError(f"{what}: truncated DER CRL")
+    first = raw[1]
+    if first < 0x80:
+        end = 2 + first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or len(raw) < 2 + count:
+            raise CollateralError(f"{what}: bad DER length in CRL")
+        end = 2 + count + int.from_bytes(raw[2 : 2 + count], "big")
+    if end > len(raw):
+        raise CollateralError(f"{what}: truncated DER CRL ({len(raw)} of {end} bytes)")
+    if raw[end:].strip(b"\x00"):
+        raise CollateralError(f"{what}: {len(raw) - end} unexpected bytes after the DER CRL")
+    return raw[:end]
 
 
 def ec_point(cert: x509.Certificate) -> bytes:

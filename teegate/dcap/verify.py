@@ -680,8 +680,8 @@ def verify_quote(
 
 def verdict_claims(verdict: Verdict) -> dict[str, Any]:
     """Flat claims with Trustee's names: the quote's claims plus the DCAP verification results."""
-    claims = dict(quote_claims(verdict.quote))
     pck = verdict.pck
+    claims = dict(quote_claims(verdict.quote, pck))
     config = pck.configuration
     claims.update(
         {
@@ -704,8 +704,6 @@ def verdict_claims(verdict: Verdict) -> dict[str, Any]:
     )
     if verdict.tdx_module_status is not None:
         claims["tdx_module_tcb_status"] = verdict.tdx_module_status
-    if pck.platform_instance_id is not None:
-        claims["platform_instance_id"] = pck.platform_instance_id.hex()
     if config is not None:
         for name, value in (
             ("is_dynamic_platform", config.dynamic_platform),

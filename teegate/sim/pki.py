@@ -42,7 +42,6 @@ _ORG = "teegate SIMULATED platform (not Intel)"
 
 SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
 _CRL_BASE = "https://simulated.teegate.invalid"
-_STRIPPABLE = b"\x00 \t\r\n"
 ROOT_CRL_URL = f"{_CRL_BASE}/IntelSGXRootCA.der"
 PCK_CRL_URL = f"{_CRL_BASE}/sgx/certification/v4/pckcrl?ca=platform&encoding=der"
 
@@ -268,11 +267,5 @@ def make_crl(
             .build()
         )
         builder = builder.add_revoked_certificate(entry)
-    # Some CRL readers strip trailing NUL/whitespace from collateral blobs before parsing (PCCS
-    # hex/PEM habits), which truncates a DER CRL whose signature happens to end in such a byte
-    # (~2% of ECDSA signatures). Re-sign until it does not: a fresh signature is equally valid.
-    for _ in range(64):
-        der = builder.sign(issuer_key, hashes.SHA256()).public_bytes(Encoding.DER)
-        if der[-1] not in _STRIPPABLE:
-            break
+    der = builder.sign(issuer_key, hashes.SHA256()).public_bytes(Encoding.DER)
     return der

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import binascii
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509 as _x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from teegate.dcap.anchors import INTEL_SGX_ROOT_CA_PUBLIC_KEY, TrustAnchor, TrustAnchors
 from teegate.dcap.certs import (
@@ -149,3 +152,27 @@ def test_raw_signatures_and_points() -> None:
     point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     assert public_key_from_point(point[1:], "k") == key
     assert public_key_from_point(point, "k") == key
+
+
+@pytest.mark.parametrize("last", [0x00, 0x20, 0x0A])
+def test_der_crl_whose_signature_ends_in_a_strippable_byte(last: int) -> None:
+    """A DER CRL is never stripped: its last byte is signature data and may be NUL or blank."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    builder = (
+        _x509.CertificateRevocationListBuilder()
+        .issuer_name(_x509.Name([_x509.NameAttribute(NameOID.COMMON_NAME, "test CRL issuer")]))
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+    )
+    for _ in range(5000):
+        der = builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+        if der[-1] == last:
+            break
+    else:
+        pytest.fail(f"no signature ending in {last:#04x} in 5000 tries")
+    crl = load_crl(der, "crl")
+    assert crl.is_signature_valid(key.public_key())
+    assert load_crl(der + b"\x00\x00", "nul-padded") == crl
+    with pytest.raises(CollateralError, match="unexpected bytes after"):
+        load_crl(der + b"\x01", "garbage-padded")
