@@ -52,7 +52,9 @@ def _cpu_by_component(topology: Topology) -> dict[str, float]:
     return out
 
 
-def _inject(topology: Topology, kill_at: float | None, pg_at: float | None, pg_down: float) -> threading.Thread:
+def _inject(
+    topology: Topology, kill_at: float | None, pg_at: float | None, pg_down: float
+) -> threading.Thread:
     """Faults during the proxied storm: SIGKILL the last replica at ``kill_at`` s; crash PostgreSQL
     (immediate stop) at ``pg_at`` s and start it again ``pg_down`` s later."""
 
@@ -120,8 +122,11 @@ def main() -> int:
                 )
                 before = _cpu_by_component(topology)
                 faults = None
-                if url == topology.proxy_url and (args.kill_replica_at is not None or args.crash_postgres_at):
-                    faults = _inject(topology, args.kill_replica_at, args.crash_postgres_at, args.postgres_down)
+                injecting = args.kill_replica_at is not None or args.crash_postgres_at is not None
+                if url == topology.proxy_url and injecting:
+                    faults = _inject(
+                        topology, args.kill_replica_at, args.crash_postgres_at, args.postgres_down
+                    )
                 result = run_storm(
                     url,
                     topology.platform.directory,
@@ -139,7 +144,12 @@ def main() -> int:
                 per = max(1, result.delivered + result.refused_bad)
                 print(
                     "CPU ms per handshake: "
-                    + ", ".join(f"{k} {1000 * (after[k] - before.get(k, 0.0)) / per:.1f}" for k in after),
+                    + ", ".join(
+                        f"{k} {1000 * (after[k] - before.get(k, 0.0)) / per:.1f}"
+                        if after[k] >= before.get(k, 0.0)
+                        else f"{k} (killed)"
+                        for k in after
+                    ),
                     flush=True,
                 )
                 failed |= result.delivered != args.vms - args.bad_vms or result.wrong_releases > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import click
 from teegate.commands.kbs_admin import admin
 from teegate.errors import ConfigError
 
-__all__ = ["kbs"]
+__all__ = ["kbs", "worker_app"]
 
 #: Lifetime of the development admin token written by ``serve --dev``.
 _DEV_TOKEN_SECONDS: Final = 7 * 24 * 3600
@@ -62,6 +63,56 @@ def kbs() -> None:
 kbs.add_command(admin)
 
 
+_WORKER_ENV: Final = "TEEGATE_KBS_SERVE_WORKER"
+_MAX_WORKERS: Final = 64
+
+
+def _settings(options: dict[str, Any]) -> Any:
+    """KbsSettings from the serve options (also run by every worker process)."""
+    from teegate.kbs.config import load_settings, parse_listen
+
+    config_path = Path(options["config"]) if options.get("config") else None
+    overrides: dict[str, Any] = {
+        "data_dir": Path(options["data_dir"]) if options.get("data_dir") else None,
+        "tls_cert": Path(options["tls_cert"]) if options.get("tls_cert") else None,
+        "tls_key": Path(options["tls_key"]) if options.get("tls_key") else None,
+    }
+    if options.get("listen"):
+        overrides["listen"] = parse_listen(options["listen"])
+    sim_platform = Path(options["sim_platform"]) if options.get("sim_platform") else None
+    if sim_platform is not None and not options.get("dev"):
+        overrides.update(trust_simulated=True, sim_platform=sim_platform)
+    settings = load_settings(config_path, overrides=overrides)
+    if options.get("dev"):
+        platform_dir = sim_platform or settings.data_dir / "sim-platform"
+        settings = load_settings(
+            config_path,
+            overrides={
+                **overrides,
+                "data_dir": settings.data_dir,
+                "dev": True,
+                "allow_sample": True,
+                "trust_simulated": True,
+                "sim_platform": platform_dir,
+            },
+        )
+        if settings.admin is not None:
+            # The development profile owns admin access: a generated key and DIR/admin-token.
+            logging.getLogger("teegate.kbs").warning("--dev ignores the [admin] table of %s", config_path)
+            settings = dataclasses.replace(settings, admin=None)
+    settings.check_transport()
+    return settings
+
+
+def worker_app() -> Any:
+    """ASGI app factory for ``--workers`` > 1 (each uvicorn worker process calls it)."""
+    from teegate.kbs.app import build_app
+
+    options = json.loads(os.environ[_WORKER_ENV])
+    _configure_logging(options["log_format"], options["log_level"])
+    return build_app(_settings(options))
+
+
 @kbs.command("serve")
 @click.option(
     "--config",
@@ -87,6 +138,13 @@ kbs.add_command(admin)
     type=click.Path(path_type=Path, file_okay=False),
     help="Simulated platform directory to trust (--dev: created under the data dir when absent).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, _MAX_WORKERS),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (sessions and keys are shared through the data dir).",
+)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def serve(  # noqa: PLR0917 - click passes options positionally by name
@@ -97,6 +155,7 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
     data_dir: Path | None,
     dev: bool,
     sim_platform: Path | None,
+    workers: int,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -105,39 +164,30 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
 
     from teegate.kbs.admin_auth import load_or_create_admin_key, mint_admin_token, write_admin_token
     from teegate.kbs.app import build_app
-    from teegate.kbs.config import load_settings, parse_listen
     from teegate.kbs.paths import admin_key_path, admin_token_path
 
     _configure_logging(log_format, log_level)
-    overrides: dict[str, Any] = {"data_dir": data_dir, "tls_cert": tls_cert, "tls_key": tls_key}
-    if listen is not None:
-        overrides["listen"] = parse_listen(listen)
-    if sim_platform is not None and not dev:
-        overrides.update(trust_simulated=True, sim_platform=sim_platform)
-    settings = load_settings(config_path, overrides=overrides)
+    options: dict[str, Any] = {
+        "config": str(config_path) if config_path else None,
+        "listen": listen,
+        "tls_cert": str(tls_cert) if tls_cert else None,
+        "tls_key": str(tls_key) if tls_key else None,
+        "data_dir": str(data_dir) if data_dir else None,
+        "dev": dev,
+        "sim_platform": str(sim_platform) if sim_platform else None,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    settings = _settings(options)
+    options["data_dir"] = str(settings.data_dir)  # workers resolve the same directory
     token_path: Path | None = None
     if dev:
         from teegate.sim import PLATFORM_FILE, SimPlatform
 
-        platform_dir = sim_platform or settings.data_dir / "sim-platform"
-        if not (platform_dir / PLATFORM_FILE).exists():
-            SimPlatform.create(platform_dir)
-        settings = load_settings(
-            config_path,
-            overrides={
-                **overrides,
-                "data_dir": settings.data_dir,
-                "dev": True,
-                "allow_sample": True,
-                "trust_simulated": True,
-                "sim_platform": platform_dir,
-            },
-        )
-    if dev and settings.admin is not None:
-        # The development profile owns admin access: a generated key and DIR/admin-token.
-        logging.getLogger("teegate.kbs").warning("--dev ignores the [admin] table of %s", config_path)
-        settings = dataclasses.replace(settings, admin=None)
-    settings.check_transport()
+        assert settings.sim_platform is not None
+        if not (settings.sim_platform / PLATFORM_FILE).exists():
+            SimPlatform.create(settings.sim_platform)
+    # Built once here even with workers: keys are created and configuration errors surface now.
     app = build_app(settings)
     key_path = admin_key_path(settings.data_dir)
     if dev:
@@ -161,28 +211,32 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
         )
     admin_note = "[admin] from config" if settings.admin is not None else f"admin key {key_path}"
     logging.getLogger("teegate.kbs").info(
-        "teegate KBS listening on %s://%s:%d (data %s, %s); insecure options: %s",
+        "teegate KBS listening on %s://%s:%d (data %s, %s, %d worker(s)); insecure options: %s",
         scheme,
         host,
         port,
         settings.data_dir,
         admin_note,
+        workers,
         ", ".join(insecure) if insecure else "none",
-        extra={"listen": f"{scheme}://{host}:{port}", "insecure": insecure},
+        extra={"listen": f"{scheme}://{host}:{port}", "insecure": insecure, "workers": workers},
     )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ssl_certfile": str(settings.tls_cert) if settings.tls_cert else None,
+        "ssl_keyfile": str(settings.tls_key) if settings.tls_key else None,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "server_header": False,
+    }
     try:
-        server.run()
+        if workers > 1:
+            del app
+            os.environ[_WORKER_ENV] = json.dumps(options)
+            uvicorn.run("teegate.commands.kbs:worker_app", factory=True, workers=workers, **common)
+        else:
+            uvicorn.Server(uvicorn.Config(app, **common)).run()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

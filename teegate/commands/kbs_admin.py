@@ -304,7 +304,7 @@ def get_attestation_policy(obj: _Ctx, policy_id: str) -> None:
 
 
 def _print_denial(record: dict[str, Any]) -> None:
-    where = record.get("resource_path") or "-"
+    where = record.get("resource_path") or ("attestation" if record.get("kind") == "attestation" else "-")
     click.echo(
         f"{record.get('time', '?')}  {where}  tee={record.get('tee') or '-'}  verdict={record.get('verdict')}"
     )

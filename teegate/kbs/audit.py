@@ -1,10 +1,11 @@
 """The KBS audit log: one structured record per attestation, release and denial — never a secret.
 
 Each record is logged as one JSON line on logger ``teegate.kbs.audit`` (INFO for releases and
-affirming attestations, WARNING for denials and non-affirming attestations) and denials are kept
-in a bounded in-memory ring so the admin API can explain recent refusals
-(``GET /kbs/v0/admin/denials``). The ring is per process: with several replicas each shows the
-denials it served (the log lines carry everything, for central collection).
+affirming attestations, WARNING for denials and non-affirming attestations) and denials (and
+attestations refused outright, verdict ``refused``) are kept in a bounded in-memory ring so the
+admin API can explain recent refusals (``GET /kbs/v0/admin/denials``). The ring is per process:
+with several replicas each shows the denials it served (the log lines carry everything, for
+central collection).
 
 What a record may hold is fixed here: TEE, measurement, resource path, verdict, policy id,
 reason, a SHA-384 digest of the canonical claims, a bounded excerpt of the claims that explain
@@ -243,8 +244,8 @@ class AuditLog:
                 reasons=tuple(str(r)[:_MAX_FIELD_CHARS] for r in reasons),
                 sequence=self._sequence,
             )
-            if kind == "denial":
-                self._denials.append(record)
+            if kind == "denial" or (kind == "attestation" and verdict == "refused"):
+                self._denials.append(record)  # a refused attestation is a denied attempt too
             self.counts[kind] += 1
         refused = kind == "denial" or (kind == "attestation" and verdict != "affirming")
         line = json.dumps({"audit": record.to_json()}, sort_keys=True, separators=(",", ":"), default=str)
@@ -252,7 +253,7 @@ class AuditLog:
         return record
 
     def recent_denials(self, limit: int = 50) -> list[AuditRecord]:
-        """The most recent denials, newest first (at most ``limit``, at most the ring's capacity)."""
+        """The most recent denials and refused attestations, newest first (at most ``limit``)."""
         if limit < 1:
             return []
         with self._lock:

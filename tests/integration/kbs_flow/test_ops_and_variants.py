@@ -333,3 +333,67 @@ def test_cli_serve_tls_with_config(tmp_path: Path) -> None:
     text = err.decode()
     assert f"https://127.0.0.1:{port}" in text and "sample-evidence" in text
     assert "admin-key.pem" in text
+
+
+def test_cli_serve_workers_share_sessions(tmp_path: Path) -> None:
+    port = _port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "teegate.cli",
+            "kbs",
+            "serve",
+            "--dev",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        token = (tmp_path / "admin-token").read_text().strip()
+        r = httpx.post(
+            f"{base}/kbs/v0/resource/default/key/1",
+            content=b"w",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+        for _ in range(6):  # a new connection per step: any worker may serve any step
+            guest = Guest(base)
+            try:
+                assert guest.auth().status_code == 200
+                cookies = guest.client.cookies
+                guest.client.close()
+                guest.client = httpx.Client(base_url=base, cookies=cookies)
+                assert guest.attest().status_code == 200
+                cookies = guest.client.cookies
+                guest.client.close()
+                guest.client = httpx.Client(base_url=base, cookies=cookies)
+                assert jwe.decrypt(guest.resource("default/key/1").json(), guest.key) == b"w"
+            finally:
+                guest.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    started = [
+        line
+        for line in err.decode().splitlines()
+        if line.startswith("{") and json.loads(line).get("message", "").startswith("Started server process")
+    ]
+    assert len(started) == 2, err.decode()[-2000:]

@@ -125,5 +125,8 @@ def test_audit_records_denials_in_a_bounded_ring(caplog: pytest.LogCaptureFixtur
     assert len(lines) == 6 and lines[0]["kind"] == "denial" and lines[0]["time"] == "2026-01-31T12:00:00Z"
     assert [r.levelno for r in caplog.records][-2:] == [logging.WARNING, logging.INFO]
     assert audit.counts == {"denial": 5, "release": 1}
+    audit.record("attestation", tee="tdx", verdict="contraindicated", claims={})
+    refused = audit.record("attestation", tee="tdx", verdict="refused", reason="PCK_REVOKED: revoked")
+    assert audit.recent_denials(2) == [refused, recent[0]]
     with pytest.raises(ValueError):
         audit.record("secret", verdict="x")  # type: ignore[arg-type]
