@@ -10,6 +10,11 @@ status is refused, as Intel's QVL and dcap-qvl do).
 Encodings accepted for a CRL are decided by its first bytes, never by trying parsers in
 turn: ``-----BEGIN X509 CRL-----`` PEM, DER (starts with an ASN.1 SEQUENCE, 0x30), or the
 hex text of DER (what PCCS's ``rootcacrl`` and Intel's collateral v3.0 carry).
+
+Speed: signatures are checked over the TBS bytes sliced out of the original DER by a small
+strict DER walk (:class:`CertInfo`), names are compared as raw DER, and only
+ecdsa-with-SHA256 by a P-256 key is accepted. A :class:`CertMemo` (one per verifier, never
+module-level) parses each certificate once and checks each (certificate, issuer) link once.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ __all__ = [
     "MAX_CHAIN_CERTS",
     "MAX_CRL_BYTES",
     "MAX_PEM_CHAIN_BYTES",
+    "CertInfo",
+    "CertMemo",
     "VerifiedChain",
     "VerifiedCrl",
+    "cert_info",
     "ec_point",
     "find_anchor",
     "load_crl",
+    "load_crl_der",
     "load_pem_chain",
     "public_key_from_point",
     "raw_signature_to_der",
@@ -59,6 +68,188 @@ _PEM_CERT_END = b"-----END CERTIFICATE-----"
 _PEM_CRL_BEGIN = b"-----BEGIN X509 CRL-----"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+#: DER AlgorithmIdentifier of ecdsa-with-SHA256 (1.2.840.10045.4.3.2, parameters absent).
+_ECDSA_SHA256_ALG_DER = bytes.fromhex("300a06082a8648ce3d040302")
+#: DER AlgorithmIdentifier of an EC public key on P-256 (id-ecPublicKey, prime256v1).
+_P256_SPKI_ALG_DER = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+
+
+class _DerError(ValueError):
+    """Malformed DER met by the strict walk below."""
+
+
+def _tlv(data: bytes, offset: int, end: int, tag: int, name: str) -> tuple[int, int]:
+    """(value start, value end) of the DER element with ``tag`` at ``offset``, inside ``end``.
+
+    Strict DER: one-byte tag, definite and minimally encoded length (at most 3 length bytes,
+    which covers :data:`MAX_CRL_BYTES`).
+    """
+    if offset + 2 > end:
+        raise _DerError(f"{name}: truncated DER element at offset {offset}")
+    if data[offset] != tag:
+        raise _DerError(f"{name}: expected DER tag 0x{tag:02x} at offset {offset}, got 0x{data[offset]:02x}")
+    first = data[offset + 1]
+    pos = offset + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 3 or pos + count > end:
+            raise _DerError(f"{name}: bad DER length at offset {offset + 1}")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise _DerError(f"{name}: DER length not minimally encoded at offset {offset + 1}")
+        pos += count
+    if pos + length > end:
+        raise _DerError(f"{name}: DER element at offset {offset} runs past its container")
+    return pos, pos + length
+
+
+def _signed_parts(der: bytes, name: str) -> tuple[int, int, bytes, bytes, bytes]:
+    """Split a signed SEQUENCE {tbs, algorithm, BIT STRING}: (tbs value start, tbs value end,
+    tbs DER, algorithm DER, signature bytes). Nothing may follow the outer element."""
+    start, end = _tlv(der, 0, len(der), 0x30, name)
+    if end != len(der):
+        raise _DerError(f"{name}: {len(der) - end} bytes after the DER element")
+    tbs_start, tbs_end = _tlv(der, start, end, 0x30, name + " TBS")
+    _alg_start, alg_end = _tlv(der, tbs_end, end, 0x30, name + " signatureAlgorithm")
+    bits_start, bits_end = _tlv(der, alg_end, end, 0x03, name + " signatureValue")
+    if bits_end != end:
+        raise _DerError(f"{name}: data after signatureValue")
+    if bits_start == bits_end or der[bits_start] != 0:
+        raise _DerError(f"{name}: signatureValue has unused bits")
+    return tbs_start, tbs_end, der[start:tbs_end], der[tbs_end:alg_end], der[bits_start + 1 : bits_end]
+
+
+class CertInfo:
+    """Raw DER views of one parsed certificate, sliced from its original encoding (never re-encoded)."""
+
+    __slots__ = (
+        "_key",
+        "cert",
+        "der",
+        "issuer",
+        "point",
+        "signature",
+        "signature_algorithm",
+        "subject",
+        "tbs",
+        "tbs_signature_algorithm",
+    )
+
+    def __init__(self, cert: x509.Certificate, der: bytes) -> None:
+        tbs_start, tbs_end, tbs, alg, sig = _signed_parts(der, "certificate")
+        pos = tbs_start
+        if pos < tbs_end and der[pos] == 0xA0:
+            _s, pos = _tlv(der, pos, tbs_end, 0xA0, "version")
+        _s, pos = _tlv(der, pos, tbs_end, 0x02, "serialNumber")
+        _s, after = _tlv(der, pos, tbs_end, 0x30, "signature")
+        inner_alg = der[pos:after]
+        _s, pos = _tlv(der, after, tbs_end, 0x30, "issuer")
+        issuer = der[after:pos]
+        _s, after = _tlv(der, pos, tbs_end, 0x30, "validity")
+        _s, pos = _tlv(der, after, tbs_end, 0x30, "subject")
+        subject = der[after:pos]
+        spki_start, spki_end = _tlv(der, pos, tbs_end, 0x30, "subjectPublicKeyInfo")
+        _s, alg_end = _tlv(der, spki_start, spki_end, 0x30, "subjectPublicKeyInfo algorithm")
+        point: bytes | None = None
+        if der[spki_start:alg_end] == _P256_SPKI_ALG_DER:
+            key_start, key_end = _tlv(der, alg_end, spki_end, 0x03, "subjectPublicKey")
+            if (
+                key_end == spki_end
+                and key_end - key_start == 66
+                and der[key_start : key_start + 2] == b"\x00\x04"
+            ):
+                point = der[key_start + 1 : key_end]
+        self.cert = cert
+        self.der = der
+        self.tbs = tbs
+        self.signature_algorithm = alg
+        self.tbs_signature_algorithm = inner_alg
+        self.signature = sig
+        self.issuer = issuer
+        self.subject = subject
+        #: The uncompressed SEC1 point when the key is on P-256, else None.
+        self.point = point
+        self._key: ec.EllipticCurvePublicKey | None = None
+
+    def p256_key(self) -> ec.EllipticCurvePublicKey:
+        """The certificate's public key; UNSUPPORTED_KEY unless it is a valid P-256 key."""
+        key = self._key
+        if key is None:
+            try:
+                loaded = self.cert.public_key()
+            except ValueError:
+                loaded = None
+            if (
+                self.point is None
+                or not isinstance(loaded, ec.EllipticCurvePublicKey)
+                or not isinstance(loaded.curve, ec.SECP256R1)
+            ):
+                raise VerificationError(
+                    "UNSUPPORTED_KEY", f"certificate {_cn(self.cert)!r} does not hold a P-256 EC key"
+                )
+            key = self._key = loaded
+        return key
+
+
+def cert_info(cert: x509.Certificate) -> CertInfo:
+    """Raw DER views of ``cert`` (re-encodes it; a :class:`CertMemo` keeps the original DER)."""
+    try:
+        return CertInfo(cert, cert.public_bytes(Encoding.DER))
+    except _DerError as exc:
+        raise VerificationError("CERT_CHAIN_BROKEN", f"certificate not in strict DER: {exc}") from None
+
+
+class CertMemo:
+    """Per-verifier memory (bounded): certificates parsed once, (certificate, issuer) links checked once.
+
+    Never module-level: a fresh verifier starts with an empty memo.
+    """
+
+    __slots__ = ("_by_der", "_by_id", "_by_pem", "_issued")
+
+    def __init__(self) -> None:
+        self._by_pem: dict[bytes, CertInfo] = {}
+        self._by_der: dict[bytes, CertInfo] = {}
+        self._by_id: dict[int, CertInfo] = {}
+        self._issued: set[tuple[CertInfo, CertInfo]] = set()
+
+    def _add(self, info: CertInfo, pem: bytes | None) -> None:
+        if len(self._by_der) >= _MAX_MEMO:
+            self.clear()  # bounded: start over rather than grow
+        self._by_der[info.der] = info
+        self._by_id[id(info.cert)] = info  # the entry keeps the certificate (and its id) alive
+        if pem is not None:
+            self._by_pem[pem] = info
+
+    def clear(self) -> None:
+        self._by_pem.clear()
+        self._by_der.clear()
+        self._by_id.clear()
+        self._issued.clear()
+
+    def info(self, cert: x509.Certificate) -> CertInfo:
+        found = self._by_id.get(id(cert))
+        if found is not None and found.cert is cert:
+            return found
+        info = cert_info(cert)
+        self._add(info, None)
+        return info
+
+    def link_checked(self, cert: CertInfo, issuer: CertInfo) -> bool:
+        return (cert, issuer) in self._issued
+
+    def remember_link(self, cert: CertInfo, issuer: CertInfo) -> None:
+        if len(self._issued) >= _MAX_MEMO:
+            self._issued.clear()
+        self._issued.add((cert, issuer))
+
+
+def _pem_block_der(block: bytes) -> bytes:
+    """The DER inside one ``-----BEGIN CERTIFICATE-----`` block (strict base64, whitespace ignored)."""
+    body = block[len(_PEM_CERT_BEGIN) : -len(_PEM_CERT_END)]
+    return binascii.a2b_base64(b"".join(body.split()), strict_mode=True)
 
 
 def _as_bytes(data: str | bytes) -> bytes:
@@ -75,12 +266,12 @@ def load_pem_chain(
     what: str,
     *,
     error: type[EvidenceError] = CollateralError,
-    cache: dict[bytes, x509.Certificate] | None = None,
+    cache: CertMemo | None = None,
 ) -> tuple[x509.Certificate, ...]:
     """Parse a concatenation of PEM certificates (leaf first); trailing NULs/whitespace allowed.
 
-    Only whitespace may surround the blocks. ``cache`` maps a PEM block to its parsed
-    certificate: the root and CA certificates recur in every chain of one verification.
+    Only whitespace may surround the blocks. ``cache`` remembers parsed certificates by PEM
+    block and by DER: the root and CA certificates recur in every chain of one verification.
     """
     if isinstance(pem, str):
         if not pem.isascii():
@@ -103,22 +294,37 @@ def load_pem_chain(
         block = part.strip() + _PEM_CERT_END
         if not block.startswith(_PEM_CERT_BEGIN) or block.count(_PEM_CERT_BEGIN) != 1:
             raise error(f"{what}: certificate {index} is not a single PEM CERTIFICATE block")
-        cert = cache.get(block) if cache is not None else None
-        if cert is None:
-            try:
-                cert = x509.load_pem_x509_certificate(block)
-            except ValueError as exc:
-                raise error(f"{what}: certificate {index} is not a valid certificate: {exc}") from None
-            if cache is not None:
-                if len(cache) >= _MAX_MEMO:
-                    cache.clear()  # bounded: start over rather than grow
-                cache[block] = cert
-        certs.append(cert)
+        memo = cache if cache is not None else CertMemo()
+        info = memo._by_pem.get(block)
+        if info is None:
+            info = _load_block(block, memo, what, index, error)
+        certs.append(info.cert)
     return tuple(certs)
+
+
+def _load_block(block: bytes, memo: CertMemo, what: str, index: int, error: type[EvidenceError]) -> CertInfo:
+    try:
+        der = _pem_block_der(block)
+    except binascii.Error as exc:
+        raise error(f"{what}: certificate {index} is not valid base64: {exc}") from None
+    info = memo._by_der.get(der)
+    if info is None:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            info = CertInfo(cert, der)
+        except ValueError as exc:  # _DerError is a ValueError
+            raise error(f"{what}: certificate {index} is not a valid certificate: {exc}") from None
+    memo._add(info, block)
+    return info
 
 
 def load_crl(data: str | bytes, what: str) -> x509.CertificateRevocationList:
     """Parse a CRL given as DER, PEM or hex text of DER (decided by the first bytes)."""
+    return load_crl_der(data, what)[0]
+
+
+def load_crl_der(data: str | bytes, what: str) -> tuple[x509.CertificateRevocationList, bytes]:
+    """:func:`load_crl` and the CRL's DER (pass it to :func:`verify_crl` to avoid re-encoding)."""
     raw = _as_bytes(data) if isinstance(data, str) else data
     if len(raw) > MAX_CRL_BYTES:
         raise CollateralError(f"{what}: CRL larger than {MAX_CRL_BYTES} bytes")
@@ -129,14 +335,17 @@ def load_crl(data: str | bytes, what: str) -> x509.CertificateRevocationList:
             # DER ends where its outer length says: its last bytes are signature bytes and may
             # be NUL or whitespace values, so nothing is stripped; only a NUL padding after the
             # DER (C structures such as sgx_ql_qve_collateral_t terminate items) is dropped.
-            return x509.load_der_x509_crl(_der_prefix(raw, what))
+            der = _der_prefix(raw, what)
+            return x509.load_der_x509_crl(der), der
         body = raw.strip(b"\x00 \t\r\n")  # text forms only
         if not body:
             raise CollateralError(f"{what}: empty CRL")
         if body.startswith(_PEM_CRL_BEGIN):
-            return x509.load_pem_x509_crl(body)
+            crl = x509.load_pem_x509_crl(body)
+            return crl, crl.public_bytes(Encoding.DER)
         if set(body) <= _HEX_DIGITS:
-            return x509.load_der_x509_crl(binascii.unhexlify(body))
+            der = binascii.unhexlify(body)
+            return x509.load_der_x509_crl(der), der
     except (ValueError, binascii.Error) as exc:
         raise CollateralError(f"{what}: malformed CRL: {exc}") from None
     raise CollateralError(f"{what}: not a CRL (expected DER, PEM 'X509 CRL' or hex of DER)")
@@ -192,11 +401,7 @@ def verify_raw_signature(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes
     """ECDSA-P256-SHA256 check of a raw r||s signature; False when it does not verify."""
     if len(sig) != 64:
         return False
-    try:
-        key.verify(raw_signature_to_der(sig), data, _ECDSA_SHA256)
-    except InvalidSignature:
-        return False
-    return True
+    return _ecdsa_verify(key, raw_signature_to_der(sig), data)
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -223,18 +428,47 @@ class VerifiedCrl:
 
 
 def verify_crl(
-    crl: x509.CertificateRevocationList, issuer: x509.Certificate, *, what: str, step: str
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    *,
+    what: str,
+    step: str,
+    der: bytes | None = None,
+    memo: CertMemo | None = None,
 ) -> VerifiedCrl:
-    """Check a CRL's issuer name and signature against ``issuer``.
+    """Check a CRL's algorithm, signature and issuer name against ``issuer``.
 
+    ``der`` is the CRL's original DER (from :func:`load_crl_der`; re-encoded when absent).
     Its time window is returned, not checked: callers decide what an expired CRL means.
     """
-    key = issuer.public_key()
+    info = (memo if memo is not None else CertMemo()).info(issuer)
+    key = info.cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("UNSUPPORTED_KEY", f"{what} issuer does not hold an EC key", step=step)
-    if not crl.is_signature_valid(key):
-        # Names are compared only to explain the failure (building Name objects is slow).
-        if crl.issuer != issuer.subject:
+    if der is None:
+        der = crl.public_bytes(Encoding.DER)
+    try:
+        tbs_start, tbs_end, tbs, alg, sig = _signed_parts(der, what)
+        pos = tbs_start
+        if pos < tbs_end and der[pos] == 0x02:
+            _s, pos = _tlv(der, pos, tbs_end, 0x02, "version")
+        _s, after = _tlv(der, pos, tbs_end, 0x30, "signature")
+        inner_alg = der[pos:after]
+        _s, pos = _tlv(der, after, tbs_end, 0x30, "issuer")
+        crl_issuer = der[after:pos]
+    except _DerError as exc:
+        raise VerificationError("CRL_INVALID", f"{what} is not strict DER: {exc}", step=step) from None
+    if alg != _ECDSA_SHA256_ALG_DER:
+        raise VerificationError(
+            "UNSUPPORTED_SIGNATURE_ALGORITHM",
+            f"{what} is signed with {crl.signature_algorithm_oid.dotted_string}; "
+            "only ecdsa-with-SHA256 is accepted",
+            step=step,
+        )
+    valid = inner_alg == alg and _ecdsa_verify(info.p256_key(), sig, tbs)
+    if not valid or crl_issuer != info.subject:
+        # Name objects are built only to explain the failure (they are slow).
+        if crl_issuer != info.subject:
             raise VerificationError(
                 "CRL_ISSUER_MISMATCH",
                 f"{what} is issued by {crl.issuer.rfc4514_string()!r}, "
@@ -245,12 +479,22 @@ def verify_crl(
     next_update = crl.next_update_utc
     if next_update is None:
         raise VerificationError("CRL_INVALID", f"{what} has no nextUpdate", step=step)
+    assert info.point is not None  # p256_key() checked it
     return VerifiedCrl(
         crl=crl,
-        issuer_key=key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint),
+        issuer_key=info.point,
         this_update=crl.last_update_utc,
         next_update=next_update,
     )
+
+
+def _ecdsa_verify(key: ec.EllipticCurvePublicKey, der_signature: bytes, data: bytes) -> bool:
+    """The one place every ECDSA-P256-SHA256 check of a verification goes through."""
+    try:
+        key.verify(der_signature, data, _ECDSA_SHA256)
+    except InvalidSignature:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -273,7 +517,15 @@ class VerifiedChain:
 
 def find_anchor(root: x509.Certificate, anchors: TrustAnchors, *, what: str, step: str) -> TrustAnchor:
     """The trust anchor whose key the (self-signed) ``root`` holds, else ROOT_CA_UNTRUSTED."""
-    anchor = anchors.find(ec_point(root))
+    return _find_anchor(root, ec_point(root), anchors, what=what, step=step)
+
+
+def _find_anchor(
+    root: x509.Certificate, point: bytes | None, anchors: TrustAnchors, *, what: str, step: str
+) -> TrustAnchor:
+    if point is None:
+        raise VerificationError("UNSUPPORTED_KEY", f"certificate {_cn(root)!r} does not hold a P-256 EC key")
+    anchor = anchors.find(point)
     if anchor is None:
         raise VerificationError(
             "ROOT_CA_UNTRUSTED",
@@ -293,12 +545,12 @@ def verify_chain(
     crls: Sequence[VerifiedCrl],
     leaf_revoked_code: str = "CERT_REVOKED",
     min_length: int = 2,
-    memo: set[tuple[x509.Certificate, x509.Certificate]] | None = None,
+    memo: CertMemo | None = None,
     revocation_step: str | None = None,
 ) -> VerifiedChain:
     """Check ``certs`` (leaf first, root last) up to a pinned root at time ``now``.
 
-    ``memo`` remembers (certificate, issuer) pairs whose signature already verified: the
+    ``memo`` remembers (certificate, issuer) links whose signature already verified: the
     same root and CA certificates recur in every chain of a collateral bundle and quote.
     """
     if len(certs) < min_length:
@@ -307,8 +559,11 @@ def verify_chain(
         )
     if len(certs) > MAX_CHAIN_CERTS:
         raise VerificationError("CERT_CHAIN_TOO_LONG", f"{what} has {len(certs)} certificates", step=step)
+    if memo is None:
+        memo = CertMemo()
+    infos = [memo.info(cert) for cert in certs]
     root = certs[-1]
-    anchor = find_anchor(root, anchors, what=what, step=step)
+    anchor = _find_anchor(root, infos[-1].point, anchors, what=what, step=step)
     not_before = max(cert.not_valid_before_utc for cert in certs)
     not_after = min(cert.not_valid_after_utc for cert in certs)
     for cert in certs:
@@ -328,19 +583,18 @@ def verify_chain(
     # its self-signature, which would prove nothing more.
     for index, cert in enumerate(certs[:-1]):
         issuer = certs[index + 1]
-        if memo is None or (cert, issuer) not in memo:
+        info = infos[index]
+        issuer_info = infos[index + 1]
+        if not memo.link_checked(info, issuer_info):
             # The root is trusted for its key alone; any other issuer must be a CA, so that
             # a leaked leaf key (say a PCK key) cannot issue certificates of its own.
             if issuer is not root and not _is_ca(issuer):
                 raise VerificationError(
                     "CERT_CHAIN_BROKEN", f"{what}: issuer {_cn(issuer)!r} is not a CA", step=step
                 )
-            _check_issued_by(cert, issuer, what=what, step=step)
-            if memo is not None:
-                if len(memo) >= _MAX_MEMO:
-                    memo.clear()  # bounded: start over rather than grow
-                memo.add((cert, issuer))
-        issuer_key = ec_point(issuer)
+            _check_issued_by(info, issuer_info, what=what, step=step)
+            memo.remember_link(info, issuer_info)
+        issuer_key = issuer_info.point  # P-256 (checked with the link's signature)
         covering = [crl for crl in crls if crl.issuer_key == issuer_key]
         if not covering:
             raise VerificationError(
@@ -366,16 +620,31 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bool(ext.value.ca)
 
 
-def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, *, what: str, step: str) -> None:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except ValueError as exc:
+def _check_issued_by(cert: CertInfo, issuer: CertInfo, *, what: str, step: str) -> None:
+    """``cert`` is signed by ``issuer``: algorithm, issuer name (raw DER), P-256 key, signature."""
+    if cert.signature_algorithm != _ECDSA_SHA256_ALG_DER:
         raise VerificationError(
-            "CERT_CHAIN_BROKEN", f"{what}: {_cn(cert)!r} is not issued by {_cn(issuer)!r}: {exc}", step=step
-        ) from None
-    except (InvalidSignature, TypeError):
+            "UNSUPPORTED_SIGNATURE_ALGORITHM",
+            f"{what}: {_cn(cert.cert)!r} is signed with "
+            f"{cert.cert.signature_algorithm_oid.dotted_string}; only ecdsa-with-SHA256 is accepted",
+            step=step,
+        )
+    if cert.tbs_signature_algorithm != cert.signature_algorithm:
+        raise VerificationError(
+            "CERT_CHAIN_BROKEN",
+            f"{what}: {_cn(cert.cert)!r} names different inner and outer signature algorithms",
+            step=step,
+        )
+    if cert.issuer != issuer.subject:
+        raise VerificationError(
+            "CERT_CHAIN_BROKEN",
+            f"{what}: {_cn(cert.cert)!r} is not issued by {_cn(issuer.cert)!r}: "
+            "its issuer name is not that certificate's subject",
+            step=step,
+        )
+    if not _ecdsa_verify(issuer.p256_key(), cert.signature, cert.tbs):
         raise VerificationError(
             "CERT_INVALID_SIGNATURE",
-            f"{what}: signature of {_cn(cert)!r} by {_cn(issuer)!r} does not verify",
+            f"{what}: signature of {_cn(cert.cert)!r} by {_cn(issuer.cert)!r} does not verify",
             step=step,
-        ) from None
+        )
