@@ -351,6 +351,8 @@ def main() -> None:
                     "p50_ms": _pct(lat, 0.50),
                     "p99_ms": _pct(lat, 0.99),
                     "server_cpu_ms_per_handshake": cpu * 1000 / max(1, len(lat)),
+                    # Share of the server's cores it actually got: < 1 means waiting or contention.
+                    "server_cpu_utilization": cpu / elapsed / procs,
                 }
                 if kind == "kbs":
                     half = rate / 2

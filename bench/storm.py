@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -80,6 +81,22 @@ def _inject(
     return thread
 
 
+def _hold(topology: Topology) -> None:
+    print(
+        f"\nholding the topology (Ctrl-C ends it):\n  proxy     {topology.proxy_url}\n"
+        f"  replicas  {' '.join(topology.replica_urls)}\n  database  {topology.dsn}\n"
+        f"  admin key {topology.data_dir / 'admin-key.pem'}\n  try: .venv/bin/teegate-attester --url "
+        f"{topology.proxy_url} --evidence sim --sim-platform {topology.platform.directory} --qgs-socket "
+        f"{topology.qgs_socket} get-resource --path {RESOURCE}",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=2000)
@@ -92,7 +109,12 @@ def main() -> int:
     parser.add_argument("--kill-replica-at", type=float, help="SIGKILL the last replica this many s in")
     parser.add_argument("--crash-postgres-at", type=float, help="crash PostgreSQL this many s in")
     parser.add_argument("--postgres-down", type=float, default=3.0, help="seconds PostgreSQL stays down")
+    parser.add_argument(
+        "--hold", action="store_true", help="keep the topology up after the storm until Ctrl-C"
+    )
     args = parser.parse_args()
+    # SIGTERM (timeout, make interrupted) unwinds like Ctrl-C, so every daemon and PostgreSQL stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.vms < 1 or args.replicas < 1 or not 0 <= args.bad_vms < args.vms:
         parser.error("--vms and --replicas must be positive, --bad-vms below --vms")
 
@@ -157,6 +179,8 @@ def main() -> int:
             if dead and args.kill_replica_at is None:
                 print(f"replicas that died: {dead}")
                 failed = True
+            if args.hold:
+                _hold(topology)
             return 1 if failed else 0
         finally:
             topology.close()

@@ -9,6 +9,7 @@ only, no duplicate or unknown OIDs, no bytes left over — every refusal a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -69,6 +70,33 @@ _KNOWN_OIDS: dict[bytes, str] = {
         + [f"{SGX_EXTENSION_OID}.7.{i}" for i in (1, 2, 3)]
     )
 }
+
+
+def _tcb_template() -> re.Pattern[bytes]:
+    """The TCB SEQUENCE body as Intel writes it: its 18 (OID, value) pairs in order.
+
+    A fast path only: a match is exactly what the generic walk accepts, with the same values
+    (minimal non-negative INTEGERs: SVNs 0..255, PCESVN 0..32767; CPUSVN 16 bytes); anything
+    else (another order, a longer PCESVN, any malformation) goes through the generic walk.
+    Each INTEGER is matched in its one-byte form (group 2k) or its two-byte form (group 2k+1).
+    """
+    parts = []
+    for i in range(1, 18):
+        oid = _encode_oid(f"{SGX_EXTENSION_OID}.2.{i}")
+        head = bytes([_OID, len(oid)]) + oid
+        one = re.escape(bytes([5 + len(oid)]) + head + b"\x02\x01") + b"([\x00-\x7f])"
+        # Two content bytes: 0x00 then >= 0x80 (SVN 128..255), or for PCESVN 0x01..0x7f then any.
+        second = b"(\x00[\x80-\xff])" if i <= 16 else b"(\x00[\x80-\xff]|[\x01-\x7f][\x00-\xff])"
+        two = re.escape(bytes([6 + len(oid)]) + head + b"\x02\x02") + second
+        parts.append(b"\x30(?:" + one + b"|" + two + b")")
+    oid = _encode_oid(f"{SGX_EXTENSION_OID}.2.18")
+    parts.append(
+        re.escape(bytes([_SEQUENCE, 20 + len(oid), _OID, len(oid)]) + oid + b"\x04\x10") + b"(.{16})"
+    )
+    return re.compile(b"".join(parts), re.DOTALL)
+
+
+_TCB_TEMPLATE = _tcb_template()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +294,8 @@ def parse_sgx_extension(der_bytes: bytes) -> PckExtensions:
     root = SGX_EXTENSION_OID
     if len(der_bytes) > MAX_SGX_EXTENSION_BYTES:
         raise ParseError(root, f"{len(der_bytes)} bytes, more than {MAX_SGX_EXTENSION_BYTES}")
-    der = _Der(bytes(der_bytes), root)
+    data = bytes(der_bytes)
+    der = _Der(data, root)
     start, end = der.expect(0, len(der_bytes), _SEQUENCE, "extension")
     if end != len(der_bytes):
         raise der.fail(f"{len(der_bytes) - end} bytes after the extension's SEQUENCE", end)
@@ -284,17 +313,13 @@ def parse_sgx_extension(der_bytes: bytes) -> PckExtensions:
 
     tcb_oid = p + "2"
     vs, ve = _value(der, top[tcb_oid], _SEQUENCE, tcb_oid)
-    tcb = _pairs(der, vs, ve, tcb_oid)
-    comp = [f"{tcb_oid}.{i}" for i in range(1, 19)]
-    _only(tcb, set(comp), set(comp), tcb_oid)
-    svns = []
-    for oid in comp[:16]:
-        cs, ce = _value(der, tcb[oid], _INTEGER, oid)
-        svns.append(der.integer(cs, ce, oid, 0xFF))
-    cs, ce = _value(der, tcb[comp[16]], _INTEGER, comp[16])
-    pcesvn = der.integer(cs, ce, comp[16] + " (PCESVN)", 0xFFFF)
-    cs, ce = _value(der, tcb[comp[17]], _OCTET_STRING, comp[17])
-    cpusvn = der.octets(cs, ce, comp[17] + " (CPUSVN)", 16)
+    fast = _TCB_TEMPLATE.fullmatch(data, vs, ve)
+    if fast is not None:
+        values = fast.groups()
+        ints = [int.from_bytes(values[k] or values[k + 1], "big") for k in range(0, 34, 2)]
+        svns, pcesvn, cpusvn = ints[:16], ints[16], values[34]
+    else:
+        svns, pcesvn, cpusvn = _tcb_generic(der, vs, ve, tcb_oid)
 
     vs, ve = _value(der, top[p + "3"], _OCTET_STRING, p + "3")
     pce_id = der.octets(vs, ve, p + "3 (PCE-ID)", 2)
@@ -336,6 +361,22 @@ def parse_sgx_extension(der_bytes: bytes) -> PckExtensions:
     )
 
 
+def _tcb_generic(der: _Der, vs: int, ve: int, tcb_oid: str) -> tuple[list[int], int, bytes]:
+    """The TCB SEQUENCE body by the generic strict walk: (16 SVNs, PCESVN, CPUSVN)."""
+    tcb = _pairs(der, vs, ve, tcb_oid)
+    comp = [f"{tcb_oid}.{i}" for i in range(1, 19)]
+    _only(tcb, set(comp), set(comp), tcb_oid)
+    svns = []
+    for oid in comp[:16]:
+        cs, ce = _value(der, tcb[oid], _INTEGER, oid)
+        svns.append(der.integer(cs, ce, oid, 0xFF))
+    cs, ce = _value(der, tcb[comp[16]], _INTEGER, comp[16])
+    pcesvn = der.integer(cs, ce, comp[16] + " (PCESVN)", 0xFFFF)
+    cs, ce = _value(der, tcb[comp[17]], _OCTET_STRING, comp[17])
+    cpusvn = der.octets(cs, ce, comp[17] + " (CPUSVN)", 16)
+    return svns, pcesvn, cpusvn
+
+
 def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
     """Decode the SGX extension of a PCK leaf certificate; ParseError if absent or malformed."""
     try:
@@ -350,17 +391,68 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
     return parse_sgx_extension(value.value)
 
 
-def pck_ca_of(cert: x509.Certificate) -> Literal["platform", "processor"]:
-    """Which PCK CA issued ``cert``, from its issuer CN ("… PCK Platform CA" / "… PCK Processor CA")."""
+_CN_OID_DER = b"\x06\x03\x55\x04\x03"
+#: Name string types decoded on the raw fast path (UTF8String, PrintableString); others use Name.
+_RAW_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii"}
+
+
+def _raw_common_names(name_der: bytes) -> list[str] | None:
+    """The CN values of a DER Name, or None when it is not the plain shape this fast path reads.
+
+    Strict: one SEQUENCE OF SET OF SEQUENCE {OID, value}, nothing left over; only UTF8String
+    and PrintableString values are decoded here (anything else: None, the caller uses Name).
+    """
+    der = _Der(name_der, "pck_leaf.issuer")
+    try:
+        start, end = der.expect(0, len(name_der), _SEQUENCE, "Name")
+        if end != len(name_der):
+            return None
+        names: list[str] = []
+        rdn = start
+        while rdn < end:
+            set_start, set_end = der.expect(rdn, end, 0x31, "RelativeDistinguishedName")
+            atv = set_start
+            if atv == set_end:
+                return None
+            while atv < set_end:
+                seq_start, seq_end = der.expect(atv, set_end, _SEQUENCE, "AttributeTypeAndValue")
+                _oid_start, oid_end = der.expect(seq_start, seq_end, _OID, "AttributeType")
+                tag, value_start, value_end = der.tlv(oid_end, seq_end)
+                if value_end != seq_end:
+                    return None
+                if name_der[seq_start:oid_end] == _CN_OID_DER:
+                    codec = _RAW_STRING_CODECS.get(tag)
+                    if codec is None:
+                        return None
+                    names.append(name_der[value_start:value_end].decode(codec))
+                atv = seq_end
+            rdn = set_end
+    except (ParseError, UnicodeDecodeError):
+        return None
+    return names
+
+
+def pck_ca_of(cert: x509.Certificate, *, issuer_der: bytes | None = None) -> Literal["platform", "processor"]:
+    """Which PCK CA issued ``cert``, from its issuer CN ("… PCK Platform CA" / "… PCK Processor CA").
+
+    ``issuer_der`` (the issuer Name's DER as in the certificate) lets plain names be read
+    without building Name objects; unusual encodings fall back to the Name path.
+    """
+    names_raw = _raw_common_names(issuer_der) if issuer_der is not None else None
+    if names_raw is not None:
+        return _ca_from_common_names(names_raw)
     try:
         names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError as exc:
         raise ParseError("pck_leaf.issuer", f"unreadable issuer name: {exc}") from None
+    values = [n.value if isinstance(n.value, str) else n.value.decode("utf-8", "replace") for n in names]
+    return _ca_from_common_names(values)
+
+
+def _ca_from_common_names(names: list[str]) -> Literal["platform", "processor"]:
     if len(names) != 1:
         raise ParseError("pck_leaf.issuer", f"{len(names)} common names, expected 1")
-    cn = names[0].value
-    if isinstance(cn, bytes):
-        cn = cn.decode("utf-8", "replace")
+    cn = names[0]
     if cn.endswith("PCK Platform CA"):
         return "platform"
     if cn.endswith("PCK Processor CA"):

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from teegate.dcap.anchors import TrustAnchor, TrustAnchors
 from teegate.dcap.certs import (
+    CertMemo,
     VerifiedChain,
     VerifiedCrl,
-    load_crl,
+    load_crl_der,
     load_pem_chain,
     public_key_from_point,
     verify_chain,
@@ -115,7 +115,6 @@ STATUSES: Final = (
 MAX_CACHED_ENTRIES: Final = 256
 
 _ZERO32 = bytes(32)
-_Memo = set[tuple[x509.Certificate, x509.Certificate]]
 _CONFIG_NEEDED = frozenset(
     {
         "ConfigurationNeeded",
@@ -217,16 +216,15 @@ def _check_collateral(
     now: datetime,
     *,
     accept_expired: bool,
-    memo: _Memo,
-    pem_cache: dict[bytes, x509.Certificate],
+    memo: CertMemo,
 ) -> _CheckedCollateral:
     # Step 3 (collateral half): CRLs and the PCK CA that signs the PCK CRL.
     step = STEP_COLLATERAL_CRLS
-    crl_chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain", cache=pem_cache)
+    crl_chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain", cache=memo)
     root_cert = crl_chain[-1]
-    root_crl_raw = load_crl(collateral.root_ca_crl, "root_ca_crl")
-    pck_crl_raw = load_crl(collateral.pck_crl, "pck_crl")
-    root_crl = verify_crl(root_crl_raw, root_cert, what="Root CA CRL", step=step)
+    root_crl_raw, root_crl_der = load_crl_der(collateral.root_ca_crl, "root_ca_crl")
+    pck_crl_raw, pck_crl_der = load_crl_der(collateral.pck_crl, "pck_crl")
+    root_crl = verify_crl(root_crl_raw, root_cert, what="Root CA CRL", step=step, der=root_crl_der, memo=memo)
     expired = _window(
         "Root CA CRL",
         root_crl.this_update,
@@ -241,7 +239,7 @@ def _check_collateral(
     )
     if root_crl.is_revoked(root_cert):
         raise VerificationError("ROOT_CA_REVOKED", "the root CA is listed in its own CRL", step=step)
-    pck_crl = verify_crl(pck_crl_raw, crl_issuer.leaf, what="PCK CRL", step=step)
+    pck_crl = verify_crl(pck_crl_raw, crl_issuer.leaf, what="PCK CRL", step=step, der=pck_crl_der, memo=memo)
     expired |= _window(
         "PCK CRL",
         pck_crl.this_update,
@@ -256,7 +254,7 @@ def _check_collateral(
     # Step 4 (collateral half): TCB Info signature by the TCB Signing chain and its window.
     step = STEP_TCB_INFO
     tcb_chain = verify_chain(
-        load_pem_chain(collateral.tcb_info_issuer_chain, "tcb_info_issuer_chain", cache=pem_cache),
+        load_pem_chain(collateral.tcb_info_issuer_chain, "tcb_info_issuer_chain", cache=memo),
         anchors,
         now,
         what="TCB Info signing chain",
@@ -268,7 +266,7 @@ def _check_collateral(
     if tcb_chain.anchor != anchor:
         raise VerificationError("ROOT_CA_MISMATCH", "TCB Info chain ends at another root", step=step)
     if not verify_raw_signature(
-        _ec_key(tcb_chain.leaf), collateral.tcb_info_signature, collateral.tcb_info.encode()
+        memo.info(tcb_chain.leaf).p256_key(), collateral.tcb_info_signature, collateral.tcb_info.encode()
     ):
         raise VerificationError(
             "INVALID_TCB_INFO_SIGNATURE",
@@ -294,7 +292,7 @@ def _check_collateral(
         qe_chain = tcb_chain
     else:
         qe_chain = verify_chain(
-            load_pem_chain(qe_chain_pem, "qe_identity_issuer_chain", cache=pem_cache),
+            load_pem_chain(qe_chain_pem, "qe_identity_issuer_chain", cache=memo),
             anchors,
             now,
             what="QE Identity signing chain",
@@ -306,7 +304,7 @@ def _check_collateral(
         if qe_chain.anchor != anchor:
             raise VerificationError("ROOT_CA_MISMATCH", "QE Identity chain ends at another root", step=step)
     if not verify_raw_signature(
-        _ec_key(qe_chain.leaf), collateral.qe_identity_signature, collateral.qe_identity.encode()
+        memo.info(qe_chain.leaf).p256_key(), collateral.qe_identity_signature, collateral.qe_identity.encode()
     ):
         raise VerificationError(
             "INVALID_QE_IDENTITY_SIGNATURE",
@@ -345,19 +343,12 @@ def _check_collateral(
     )
 
 
-def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise VerificationError("UNSUPPORTED_KEY", "signing certificate does not hold an EC key")
-    return key
-
-
 def verify_collateral(
     collateral: Collateral, *, anchors: TrustAnchors, now: datetime, accept_expired: bool = False
 ) -> None:
     """Check every collateral signature, chain, CRL and validity window at ``now``; raise if any fails."""
     _check_time(now)
-    _check_collateral(collateral, anchors, now, accept_expired=accept_expired, memo=set(), pem_cache={})
+    _check_collateral(collateral, anchors, now, accept_expired=accept_expired, memo=CertMemo())
 
 
 class QuoteVerifier:
@@ -377,8 +368,7 @@ class QuoteVerifier:
         self._pck: OrderedDict[tuple[str, Collateral], _CheckedPck] = OrderedDict()
         self._qe_reports: OrderedDict[tuple[bytes, bytes, str], None] = OrderedDict()
         self._att_keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
-        self._issued: _Memo = set()
-        self._pem: dict[bytes, x509.Certificate] = {}
+        self._certs = CertMemo()
         self._lock = threading.Lock()
 
     # -- caches -------------------------------------------------------------------------------
@@ -399,8 +389,7 @@ class QuoteVerifier:
             self.anchors,
             now,
             accept_expired=self.accept_expired_collateral,
-            memo=self._issued,
-            pem_cache=self._pem,
+            memo=self._certs,
         )
         self._remember(self._collateral, collateral, checked)
         return checked
@@ -414,7 +403,7 @@ class QuoteVerifier:
             return cached
         # Step 2: PCK chain to a pinned root; step 3: revocation of leaf and CA by the CRLs.
         certs = load_pem_chain(
-            quote.pck_chain_pem, "PCK certificate chain", error=ParseError, cache=self._pem
+            quote.pck_chain_pem, "PCK certificate chain", error=ParseError, cache=self._certs
         )
         chain = verify_chain(
             certs,
@@ -425,7 +414,7 @@ class QuoteVerifier:
             crls=(checked.root_crl, checked.pck_crl),
             leaf_revoked_code="PCK_REVOKED",
             min_length=3,
-            memo=self._issued,
+            memo=self._certs,
             revocation_step=STEP_COLLATERAL_CRLS,
         )
         if chain.anchor != checked.anchor:
@@ -435,6 +424,7 @@ class QuoteVerifier:
                 step=STEP_PCK_CHAIN,
             )
         ext = parse_pck_extensions(chain.leaf)
+        leaf = self._certs.info(chain.leaf)
         # Step 4 (platform half): the TCB Info is for this platform's FMSPC and PCE.
         info = checked.tcb_info
         if info.fmspc != ext.fmspc_hex:
@@ -450,7 +440,11 @@ class QuoteVerifier:
                 step=STEP_TCB_INFO,
             )
         result = _CheckedPck(
-            chain=chain, ext=ext, ca=pck_ca_of(chain.leaf), key=_ec_key(chain.leaf), fmspc=ext.fmspc_hex
+            chain=chain,
+            ext=ext,
+            ca=pck_ca_of(chain.leaf, issuer_der=leaf.issuer),
+            key=leaf.p256_key(),
+            fmspc=ext.fmspc_hex,
         )
         self._remember(self._pck, key, result)
         return result

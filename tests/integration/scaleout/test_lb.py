@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teegate.errors import ConfigError
-from teegate.kbs.lb import MAX_BODY_BYTES, RoundRobinProxy, parse_backend
+from teegate.kbs.lb import MAX_BODY_BYTES, MAX_HEAD_BYTES, RoundRobinProxy, _HttpError, parse_backend
 from tests.integration.scaleout.topology import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -160,3 +162,51 @@ def test_backends_must_be_loopback_http() -> None:
         parse_backend("https://127.0.0.1:8080")
     with pytest.raises(ConfigError, match="at least one"):
         RoundRobinProxy([])
+
+
+_heads = st.one_of(
+    st.binary(max_size=512),
+    st.lists(
+        st.sampled_from(
+            [
+                b"GET / HTTP/1.1",
+                b"POST /kbs/v0/auth HTTP/1.0",
+                b"content-length: 3",
+                b"content-length: x",
+                b"content-length: 1",
+                b"transfer-encoding: chunked",
+                b"connection: close, te",
+                b" fold: x",
+                b"host: a",
+                b"nocolon",
+                b":",
+                b"x:" + b"y" * 100,
+                b"GET  HTTP/1.1",
+                b"",
+            ]
+        ),
+        max_size=6,
+    ).map(lambda lines: b"\r\n".join(lines) + b"\r\n\r\n"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=_heads, body=st.binary(max_size=8))
+def test_request_parser_only_refuses_clearly(head: bytes, body: bytes) -> None:
+    # Whatever a client sends, the proxy answers with a request to forward, a clear HTTP error,
+    # or nothing (connection closed): never an unexpected exception.
+    async def parse() -> None:
+        reader = asyncio.StreamReader(limit=MAX_HEAD_BYTES)
+        reader.feed_data(head + body)
+        reader.feed_eof()
+        proxy = RoundRobinProxy(["127.0.0.1:9"])
+        try:
+            result = await proxy._read_request(reader)
+        except (_HttpError, asyncio.IncompleteReadError):
+            return
+        if result is not None:
+            method, wire, _keep = result
+            assert wire.startswith(method + b" ") and b"\r\n\r\n" in wire
+            assert b"transfer-encoding" not in wire.lower()
+
+    asyncio.run(parse())
