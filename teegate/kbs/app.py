@@ -185,6 +185,7 @@ def build_verifiers(settings: KbsSettings) -> VerifierSet:
             simulated = sim_verifiers(
                 SimPlatform.load(settings.sim_platform),
                 real_source=real,
+                collateral_from_source=settings.sim_collateral == "source",
                 collateral_ttl=settings.collateral_ttl_seconds,
             )
             verifiers.update(simulated)

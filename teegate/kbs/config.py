@@ -16,7 +16,7 @@ refused. Unknown sections and keys are refused, naming them. Sections:
 * ``[policy_engine]`` (Trustee): ``policy_path`` (resource policy Rego loaded at start).
 * ``[admin]`` (Trustee, see :mod:`teegate.kbs.admin_auth`); ``[storage]`` (ADR 0002).
 * teegate: ``[kbs] data_dir, insecure_allow_rsa1_5``; ``[session] key_file``;
-  ``[verifiers] tdx, sgx, sample, trust_simulated, sim_platform, collateral_ttl_seconds``;
+  ``[verifiers] tdx, sgx, sample, trust_simulated, sim_platform, sim_collateral, collateral_ttl_seconds``;
   ``[collateral]`` (``teegate.collateral.settings.CollateralSettings``).
 
 Environment (used by the Kubernetes operator): ``TEEGATE_KBS_RESOURCES_DIR`` (directory
@@ -74,7 +74,15 @@ _SECTIONS: Final[dict[str, frozenset[str]]] = {
     "kbs": frozenset({"data_dir", "insecure_allow_rsa1_5"}),
     "session": frozenset({"key_file"}),
     "verifiers": frozenset(
-        {"tdx", "sgx", "sample", "trust_simulated", "sim_platform", "collateral_ttl_seconds"}
+        {
+            "tdx",
+            "sgx",
+            "sample",
+            "trust_simulated",
+            "sim_platform",
+            "sim_collateral",
+            "collateral_ttl_seconds",
+        }
     ),
     "collateral": frozenset(),  # validated by CollateralSettings
     "admin": frozenset(),  # validated by AdminAuthConfig
@@ -132,6 +140,10 @@ class KbsSettings:
     allow_sample: bool = False
     trust_simulated: bool = False
     sim_platform: Path | None = None
+    #: Where the simulated platform's collateral comes from: "platform" (made by the simulator
+    #: in process) or "source" (the configured [collateral] source, e.g. a PCCS the simulated
+    #: platform registered with, as a real platform's collateral does).
+    sim_collateral: str = "platform"
     collateral_ttl_seconds: float = 600.0
     collateral: Mapping[str, Any] = field(default_factory=dict)
     insecure_allow_rsa1_5: bool = False
@@ -150,6 +162,12 @@ class KbsSettings:
             raise ConfigError(
                 "verifiers.trust_simulated needs verifiers.sim_platform (a teegate sim directory)"
             )
+        if self.sim_collateral not in ("platform", "source"):
+            raise ConfigError(
+                f"verifiers.sim_collateral must be 'platform' or 'source', not {self.sim_collateral!r}"
+            )
+        if self.sim_collateral == "source" and not self.collateral:
+            raise ConfigError("verifiers.sim_collateral = 'source' needs a [collateral] section")
         if not 1 <= self.collateral_ttl_seconds <= 86400:
             raise ConfigError("verifiers.collateral_ttl_seconds must be between 1 and 86400")
         if self.dev and not is_loopback(self.listen[0]):
@@ -312,6 +330,8 @@ def load_settings(
     if (flag := _typed(verifiers, "trust_simulated", bool, "verifiers")) is not None:
         values["trust_simulated"] = flag
     values["sim_platform"] = _path(_typed(verifiers, "sim_platform", str, "verifiers"), base)
+    if (where := _typed(verifiers, "sim_collateral", str, "verifiers")) is not None:
+        values["sim_collateral"] = where
     if (ttl := _typed(verifiers, "collateral_ttl_seconds", (int, float), "verifiers")) is not None:
         values["collateral_ttl_seconds"] = float(ttl)
     values["collateral"] = dict(doc.get("collateral", {}))
