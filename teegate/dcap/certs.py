@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from teegate.dcap.anchors import TrustAnchor, TrustAnchors
-from teegate.errors import CollateralError, EvidenceError, VerificationError
+from teegate.errors import CollateralError, EvidenceError, ParseError, VerificationError
 
 __all__ = [
     "MAX_CHAIN_CERTS",
@@ -246,6 +246,13 @@ class CertMemo:
         self._issued.add((cert, issuer))
 
 
+def _chain_error(error: type[EvidenceError], what: str, message: str) -> EvidenceError:
+    """``error`` for ``what``; ParseError takes the field apart from the message."""
+    if issubclass(error, ParseError):
+        return error(what, message)
+    return error(f"{what}: {message}")
+
+
 def _pem_block_der(block: bytes) -> bytes:
     """The DER inside one ``-----BEGIN CERTIFICATE-----`` block (strict base64, whitespace ignored)."""
     body = block[len(_PEM_CERT_BEGIN) : -len(_PEM_CERT_END)]
@@ -275,25 +282,25 @@ def load_pem_chain(
     """
     if isinstance(pem, str):
         if not pem.isascii():
-            raise error(f"{what}: PEM chain contains non-ASCII characters")
+            raise _chain_error(error, what, "PEM chain contains non-ASCII characters")
         data = pem.encode("ascii")
     else:
         data = pem
     if len(data) > MAX_PEM_CHAIN_BYTES:
-        raise error(f"{what}: PEM chain larger than {MAX_PEM_CHAIN_BYTES} bytes")
+        raise _chain_error(error, what, f"PEM chain larger than {MAX_PEM_CHAIN_BYTES} bytes")
     parts = data.rstrip(b"\x00 \t\r\n").split(_PEM_CERT_END)
     if parts[-1].strip():
-        raise error(f"{what}: text after the last PEM certificate or an unterminated block")
+        raise _chain_error(error, what, "text after the last PEM certificate or an unterminated block")
     blocks = parts[:-1]
     if not blocks:
-        raise error(f"{what}: no PEM certificate found")
+        raise _chain_error(error, what, "no PEM certificate found")
     if len(blocks) > MAX_CHAIN_CERTS:
-        raise error(f"{what}: {len(blocks)} certificates, at most {MAX_CHAIN_CERTS} accepted")
+        raise _chain_error(error, what, f"{len(blocks)} certificates, at most {MAX_CHAIN_CERTS} accepted")
     certs = []
     for index, part in enumerate(blocks):
         block = part.strip() + _PEM_CERT_END
         if not block.startswith(_PEM_CERT_BEGIN) or block.count(_PEM_CERT_BEGIN) != 1:
-            raise error(f"{what}: certificate {index} is not a single PEM CERTIFICATE block")
+            raise _chain_error(error, what, f"certificate {index} is not a single PEM CERTIFICATE block")
         memo = cache if cache is not None else CertMemo()
         info = memo._by_pem.get(block)
         if info is None:
@@ -306,14 +313,16 @@ def _load_block(block: bytes, memo: CertMemo, what: str, index: int, error: type
     try:
         der = _pem_block_der(block)
     except binascii.Error as exc:
-        raise error(f"{what}: certificate {index} is not valid base64: {exc}") from None
+        raise _chain_error(error, what, f"certificate {index} is not valid base64: {exc}") from None
     info = memo._by_der.get(der)
     if info is None:
         try:
             cert = x509.load_der_x509_certificate(der)
             info = CertInfo(cert, der)
         except ValueError as exc:  # _DerError is a ValueError
-            raise error(f"{what}: certificate {index} is not a valid certificate: {exc}") from None
+            raise _chain_error(
+                error, what, f"certificate {index} is not a valid certificate: {exc}"
+            ) from None
     memo._add(info, block)
     return info
 

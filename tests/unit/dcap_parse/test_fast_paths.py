@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 from cryptography import x509
@@ -20,10 +21,14 @@ from tests.unit.dcap_parse._vectors import load
 from tests.unit.dcap_parse.test_pck import ROOT, ext, integer, pair, seq, tcb, tlv
 
 
+def _with_tcb(tcb_pair: bytes) -> bytes:
+    return ext(**{"2": tcb_pair})  # type: ignore[arg-type]
+
+
 def _generic(der: bytes) -> pck.PckExtensions:
     """The same extension parsed with the TCB template disabled (generic walk only)."""
     saved = pck._TCB_TEMPLATE
-    pck._TCB_TEMPLATE = pck.re.compile(b"(?!)")  # never matches
+    pck._TCB_TEMPLATE = re.compile(b"(?!)")  # never matches
     try:
         return parse_sgx_extension(der)
     finally:
@@ -57,7 +62,7 @@ def test_real_extensions_take_the_fast_path_and_agree(name: str) -> None:
     ],
 )
 def test_tcb_values_fast_and_generic_agree(svns: list[int], pcesvn: int, fast: bool) -> None:
-    der = ext(**{"2": tcb(svns, pcesvn=pcesvn, cpusvn=bytes(range(10, 26)))})
+    der = _with_tcb(tcb(svns, pcesvn=pcesvn, cpusvn=bytes(range(10, 26))))
     assert (pck._TCB_TEMPLATE.search(der) is not None) is fast
     parsed = parse_sgx_extension(der)
     assert parsed == _generic(der)
@@ -70,7 +75,7 @@ def test_reordered_tcb_uses_the_generic_walk() -> None:
     items = [pair(f"2.{i + 1}", integer(i)) for i in range(16)]
     items += [pair("2.17", integer(9)), pair("2.18", tlv(0x04, bytes(16)))]
     items[0], items[1] = items[1], items[0]
-    der = ext(**{"2": pair("2", seq(*items))})
+    der = _with_tcb(pair("2", seq(*items)))
     assert pck._TCB_TEMPLATE.search(der) is None
     assert parse_sgx_extension(der).tcb.sgx_components == tuple(range(16))
 
@@ -88,7 +93,7 @@ def test_malformed_svn_is_refused_like_before(bad: bytes) -> None:
     items = [pair(f"2.{i + 1}", integer(i)) for i in range(16)]
     items[3] = pair("2.4", bad)
     items += [pair("2.17", integer(9)), pair("2.18", tlv(0x04, bytes(16)))]
-    der = ext(**{"2": pair("2", seq(*items))})
+    der = _with_tcb(pair("2", seq(*items)))
     with pytest.raises(ParseError) as info:
         parse_sgx_extension(der)
     assert f"{ROOT}.2.4" in str(info.value)
@@ -119,7 +124,7 @@ def _raw_issuer(cert: x509.Certificate) -> bytes:
 
 def _attr(
     oid: x509.ObjectIdentifier, value: str, tag: x509.name._ASN1Type | None = None
-) -> x509.NameAttribute:
+) -> x509.NameAttribute[str]:
     return x509.NameAttribute(oid, value) if tag is None else x509.NameAttribute(oid, value, _type=tag)
 
 
@@ -151,13 +156,15 @@ def _attr(
         ),
     ],
 )
-def test_raw_issuer_name_agrees_with_name_objects(attrs: list[x509.NameAttribute], expected: object) -> None:
+def test_raw_issuer_name_agrees_with_name_objects(
+    attrs: list[x509.NameAttribute[str]], expected: object
+) -> None:
     cert = _issuer_cert(x509.Name(attrs))
     raw = _raw_issuer(cert)
     if expected is ParseError:
         for kwargs in ({}, {"issuer_der": raw}):
             with pytest.raises(ParseError) as info:
-                pck_ca_of(cert, **kwargs)  # type: ignore[arg-type]
+                pck_ca_of(cert, **kwargs)
             assert info.value.field == "pck_leaf.issuer"
     else:
         assert pck_ca_of(cert) == expected
