@@ -227,6 +227,10 @@ class KbsClient:
         if cert_file is not None and parts.scheme != "https":
             raise ConfigError("--cert-file needs an https:// KBS URL")
         verify: ssl.SSLContext | bool = True
+        if parts.scheme == "http":
+            # No TLS is spoken (and redirects are refused), so skip loading the system CA
+            # store (~90 ms of CPU): a context that verifies but trusts nothing.
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if cert_file is not None:
             try:
                 verify = ssl.create_default_context(cafile=str(cert_file))

@@ -1,19 +1,31 @@
-"""The resource response JWE (shared/spec/kbs-protocol.md §1.9), via joserfc.
+"""The resource response JWE (shared/spec/kbs-protocol.md §1.9).
 
 Flattened JSON serialisation with every header member protected and no ``aad`` member:
 ``{"protected", "encrypted_key", "iv", "ciphertext", "tag"}``, content ``enc = A256GCM`` with
-AAD = ASCII(``protected``). That is exactly the compact serialisation split into members, so
-this module builds the compact form with joserfc and renames the five parts. Key management
-follows the TEE key: ``ECDH-ES+A256KW`` (P-256, P-521), ``RSA-OAEP-256``; ``RSA1_5`` only when
-the caller passes ``allow_rsa1_5`` (an insecure, configured option).
+AAD = ASCII(``protected``). Key management follows the TEE key: ``ECDH-ES+A256KW`` (P-256,
+P-521), ``RSA-OAEP-256``; ``RSA1_5`` only when the caller passes ``allow_rsa1_5`` (an insecure,
+configured option).
+
+:func:`encrypt` (the server's hot path) composes ``cryptography`` primitives as RFC 7518 lays
+them out (§4.6 ECDH-ES with the Concat KDF and AES key wrap, §4.3 RSA-OAEP-256, §5.3 AES-GCM):
+no JOSE object model per response. :func:`decrypt` (client side and tests) goes through joserfc,
+so every test that decrypts checks the server's JWE with an independent implementation.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import struct
 import warnings
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from joserfc import jwe as _jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
@@ -39,13 +51,40 @@ class JweError(EvidenceError):
     """A JWE could not be produced for this key, or does not decrypt."""
 
 
-def _jose_key(tee_key: TeePubKey) -> ECKey | RSAKey:
-    public = tee_key.public_key()  # validated key material; importing the object is cheapest
-    return (
-        ECKey.import_key(public)
-        if isinstance(public, ec.EllipticCurvePublicKey)
-        else RSAKey.import_key(public)
-    )
+_CEK_BYTES: Final = 32
+_IV_BYTES: Final = 12
+_TAG_BYTES: Final = 16
+_ECDH_ALG: Final = "ECDH-ES+A256KW"
+_CURVE_NAMES: Final = {"secp256r1": ("P-256", 32), "secp521r1": ("P-521", 66)}
+# RFC 7518 §4.6.2 OtherInfo for ECDH-ES+A256KW without apu/apv: AlgorithmID, PartyUInfo,
+# PartyVInfo (both empty), SuppPubInfo (key data length in bits).
+_ECDH_OTHERINFO: Final = (
+    struct.pack(">I", len(_ECDH_ALG)) + _ECDH_ALG.encode() + struct.pack(">III", 0, 0, _CEK_BYTES * 8)
+)
+_OAEP_SHA256: Final = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _wrap_ecdh(public: ec.EllipticCurvePublicKey, cek: bytes) -> tuple[dict[str, Any], bytes]:
+    """ECDH-ES+A256KW: an ephemeral key on the TEE key's curve, Concat KDF, AES key wrap."""
+    named = _CURVE_NAMES.get(public.curve.name)
+    if named is None:
+        raise JweError(f"TEE key curve {public.curve.name} is not P-256 or P-521")
+    crv, size = named
+    ephemeral = ec.generate_private_key(public.curve)
+    shared = ephemeral.exchange(ec.ECDH(), public)
+    kek = ConcatKDFHash(hashes.SHA256(), _CEK_BYTES, otherinfo=_ECDH_OTHERINFO).derive(shared)
+    point = ephemeral.public_key().public_numbers()
+    epk = {
+        "crv": crv,
+        "kty": "EC",
+        "x": _b64url(point.x.to_bytes(size, "big")),
+        "y": _b64url(point.y.to_bytes(size, "big")),
+    }
+    return {"alg": _ECDH_ALG, "enc": _ENC, "epk": epk}, aes_key_wrap(kek, cek)
 
 
 def encrypt(plaintext: bytes, tee_key: TeePubKey, *, allow_rsa1_5: bool = False) -> dict[str, str]:
@@ -55,16 +94,31 @@ def encrypt(plaintext: bytes, tee_key: TeePubKey, *, allow_rsa1_5: bool = False)
             "TEE key alg RSA1_5 is refused (deprecated; enable [kbs] insecure_allow_rsa1_5 to accept it); "
             "use ECDH-ES+A256KW or RSA-OAEP-256"
         )
-    header = {"alg": tee_key.alg, "enc": _ENC}
+    public = tee_key.public_key()  # validated key material (cached per key)
+    cek = os.urandom(_CEK_BYTES)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # joserfc warns on RSA1_5; the caller announced it
-            compact = _jwe.encrypt_compact(
-                header, plaintext, _jose_key(tee_key), registry=_WITH_RSA1_5 if allow_rsa1_5 else _SAFE
-            )
-    except (JoseError, ValueError) as exc:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            if tee_key.alg != _ECDH_ALG:
+                raise JweError(f"EC TEE key with alg {tee_key.alg!r}; only {_ECDH_ALG}")
+            header, encrypted_key = _wrap_ecdh(public, cek)
+        elif tee_key.alg == "RSA-OAEP-256":
+            header, encrypted_key = {"alg": tee_key.alg, "enc": _ENC}, public.encrypt(cek, _OAEP_SHA256)
+        elif tee_key.alg == "RSA1_5":
+            header, encrypted_key = {"alg": tee_key.alg, "enc": _ENC}, public.encrypt(cek, padding.PKCS1v15())
+        else:
+            raise JweError(f"RSA TEE key with alg {tee_key.alg!r}; use RSA-OAEP-256")
+    except ValueError as exc:
         raise JweError(f"cannot encrypt to the TEE key ({tee_key.alg}): {exc}") from None
-    return dict(zip(JWE_MEMBERS, compact.split("."), strict=True))
+    protected = _b64url(json.dumps(header, separators=(",", ":")).encode())
+    iv = os.urandom(_IV_BYTES)
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+    return {
+        "protected": protected,
+        "encrypted_key": _b64url(encrypted_key),
+        "iv": _b64url(iv),
+        "ciphertext": _b64url(sealed[:-_TAG_BYTES]),
+        "tag": _b64url(sealed[-_TAG_BYTES:]),
+    }
 
 
 def decrypt(

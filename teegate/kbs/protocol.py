@@ -179,6 +179,25 @@ _EC_ALGS: Final = frozenset({"ECDH-ES+A256KW"})
 _RSA_ALGS: Final = frozenset({"RSA-OAEP-256", "RSA1_5"})
 
 
+#: Validated EC TEE keys kept (a handshake uses its key at /attest and again at the resource).
+_EC_KEY_CACHE_SIZE: Final = 4096
+
+
+@functools.lru_cache(maxsize=_EC_KEY_CACHE_SIZE)
+def _ec_public_key(crv: str, x_text: str, y_text: str) -> ec.EllipticCurvePublicKey:
+    """The point (x, y) on ``crv``, validated; a pure function of its arguments, so cached
+    (failures raise and are not cached)."""
+    curve, size = _EC_CURVES[crv]
+    x = _b64url_decode(x_text, "tee-pubkey.x")
+    y = _b64url_decode(y_text, "tee-pubkey.y")
+    if len(x) != size or len(y) != size:
+        raise ParseError("tee-pubkey", f"{crv} coordinates must be {size} bytes")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + x + y)
+    except ValueError:
+        raise ParseError("tee-pubkey", f"(x, y) is not a point on {crv}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class TeePubKey:
     """The TEE's public key as a JWK (kbs-types ``TeePubKey``: ``EC{crv,alg,x,y}`` / ``RSA{alg,n,e}``)."""
@@ -251,15 +270,7 @@ class TeePubKey:
         """The key as a ``cryptography`` object; bad material is a ParseError."""
         if self.kty == "EC":
             assert self.crv is not None and self.x is not None and self.y is not None
-            curve, size = _EC_CURVES[self.crv]
-            x = _b64url_decode(self.x, "tee-pubkey.x")
-            y = _b64url_decode(self.y, "tee-pubkey.y")
-            if len(x) != size or len(y) != size:
-                raise ParseError("tee-pubkey", f"{self.crv} coordinates must be {size} bytes")
-            try:
-                return ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + x + y)
-            except ValueError:
-                raise ParseError("tee-pubkey", f"(x, y) is not a point on {self.crv}") from None
+            return _ec_public_key(self.crv, self.x, self.y)
         assert self.n is not None and self.e is not None
         n = int.from_bytes(_b64url_decode(self.n, "tee-pubkey.n"), "big")
         e = int.from_bytes(_b64url_decode(self.e, "tee-pubkey.e"), "big")

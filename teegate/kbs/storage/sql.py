@@ -400,6 +400,9 @@ async def open_postgres(dsn: str, *, pool_size: int = 10) -> SqlState:
         open=False,
         kwargs={"autocommit": True},
         timeout=_PG_POOL_TIMEOUT,
+        # A connection is checked as it leaves the pool, so after a PostgreSQL restart the
+        # stale ones are replaced instead of each costing a client one 503.
+        check=psycopg_pool.AsyncConnectionPool.check_connection,
     )
     try:
         await pool.open(wait=True, timeout=_PG_POOL_TIMEOUT)
