@@ -207,10 +207,12 @@ class CertMemo:
     Never module-level: a fresh verifier starts with an empty memo.
     """
 
-    __slots__ = ("_by_der", "_by_id", "_by_pem", "_issued")
+    __slots__ = ("_by_der", "_by_id", "_by_pem", "_crl_der", "_issued")
 
     def __init__(self) -> None:
         self._by_pem: dict[bytes, CertInfo] = {}
+        #: id(CRL) -> (CRL, the DER it was parsed from), filled only by :func:`load_crl`.
+        self._crl_der: dict[int, tuple[x509.CertificateRevocationList, bytes]] = {}
         self._by_der: dict[bytes, CertInfo] = {}
         self._by_id: dict[int, CertInfo] = {}
         self._issued: set[tuple[CertInfo, CertInfo]] = set()
@@ -228,6 +230,7 @@ class CertMemo:
         self._by_der.clear()
         self._by_id.clear()
         self._issued.clear()
+        self._crl_der.clear()
 
     def info(self, cert: x509.Certificate) -> CertInfo:
         found = self._by_id.get(id(cert))
@@ -236,6 +239,16 @@ class CertMemo:
         info = cert_info(cert)
         self._add(info, None)
         return info
+
+    def _add_crl(self, crl: x509.CertificateRevocationList, der: bytes) -> None:
+        if len(self._crl_der) >= _MAX_MEMO:
+            self._crl_der.clear()
+        self._crl_der[id(crl)] = (crl, der)  # the entry keeps the CRL (and its id) alive
+
+    def crl_der(self, crl: x509.CertificateRevocationList) -> bytes | None:
+        """The DER ``crl`` was parsed from, if :func:`load_crl` parsed it with this memo."""
+        found = self._crl_der.get(id(crl))
+        return found[1] if found is not None and found[0] is crl else None
 
     def link_checked(self, cert: CertInfo, issuer: CertInfo) -> bool:
         return (cert, issuer) in self._issued
@@ -297,11 +310,11 @@ def load_pem_chain(
     if len(blocks) > MAX_CHAIN_CERTS:
         raise _chain_error(error, what, f"{len(blocks)} certificates, at most {MAX_CHAIN_CERTS} accepted")
     certs = []
+    memo = cache if cache is not None else CertMemo()
     for index, part in enumerate(blocks):
         block = part.strip() + _PEM_CERT_END
         if not block.startswith(_PEM_CERT_BEGIN) or block.count(_PEM_CERT_BEGIN) != 1:
             raise _chain_error(error, what, f"certificate {index} is not a single PEM CERTIFICATE block")
-        memo = cache if cache is not None else CertMemo()
         info = memo._by_pem.get(block)
         if info is None:
             info = _load_block(block, memo, what, index, error)
@@ -327,9 +340,17 @@ def _load_block(block: bytes, memo: CertMemo, what: str, index: int, error: type
     return info
 
 
-def load_crl(data: str | bytes, what: str) -> x509.CertificateRevocationList:
-    """Parse a CRL given as DER, PEM or hex text of DER (decided by the first bytes)."""
-    return load_crl_der(data, what)[0]
+def load_crl(
+    data: str | bytes, what: str, *, cache: CertMemo | None = None
+) -> x509.CertificateRevocationList:
+    """Parse a CRL given as DER, PEM or hex text of DER (decided by the first bytes).
+
+    With ``cache``, the DER it came from is remembered for :func:`verify_crl` (no re-encoding).
+    """
+    crl, der = load_crl_der(data, what)
+    if cache is not None:
+        cache._add_crl(crl, der)
+    return crl
 
 
 def load_crl_der(data: str | bytes, what: str) -> tuple[x509.CertificateRevocationList, bytes]:
@@ -442,18 +463,19 @@ def verify_crl(
     *,
     what: str,
     step: str,
-    der: bytes | None = None,
     memo: CertMemo | None = None,
 ) -> VerifiedCrl:
     """Check a CRL's algorithm, signature and issuer name against ``issuer``.
 
-    ``der`` is the CRL's original DER (from :func:`load_crl_der`; re-encoded when absent).
+    The signature is checked over the DER the CRL was parsed from when ``memo`` holds it
+    (:func:`load_crl` with the same memo), else over its re-encoding.
     Its time window is returned, not checked: callers decide what an expired CRL means.
     """
     info = (memo if memo is not None else CertMemo()).info(issuer)
     key = info.cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("UNSUPPORTED_KEY", f"{what} issuer does not hold an EC key", step=step)
+    der = memo.crl_der(crl) if memo is not None else None
     if der is None:
         der = crl.public_bytes(Encoding.DER)
     try:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from teegate.dcap.quote import SgxReportBody
-from teegate.dcap.tcb_info import MODULE_STATUSES, ModuleTcbLevel, _load_object, _Reader
+from teegate.dcap.tcb_info import MODULE_STATUSES, ModuleTcbLevel, _load_object, _module_level, _Reader
 from teegate.errors import CollateralError, VerificationError
 
 __all__ = ["QeIdentity", "match_qe_report", "parse_qe_identity"]
@@ -46,6 +46,20 @@ _IDS: dict[str, Literal["QE", "TD_QE", "QVE", "QAE"]] = {
 }
 
 
+def _level_slow(level: _Reader) -> ModuleTcbLevel:
+    """One level by the reader: names the offending member (status is checked first)."""
+    status = level.str_("tcbStatus")
+    if status not in MODULE_STATUSES:
+        raise CollateralError(f"{level.path}.tcbStatus: unknown status {status!r}")
+    return ModuleTcbLevel(
+        isvsvn=level.child("tcb").int_("isvsvn", hi=0xFFFF),
+        tcb_date=level.time_("tcbDate"),
+        tcb_date_text=level.str_("tcbDate"),
+        status=status,
+        advisory_ids=level.strings_("advisoryIDs"),
+    )
+
+
 def parse_qe_identity(text: str | bytes) -> QeIdentity:
     """Parse the ``enclaveIdentity`` JSON text. Raises CollateralError only."""
     root = _Reader(_load_object(text, "enclaveIdentity"), "enclaveIdentity")
@@ -57,20 +71,9 @@ def parse_qe_identity(text: str | bytes) -> QeIdentity:
     if ident is None:
         raise CollateralError(f"enclaveIdentity.id: unknown identity {raw_id!r}")
     levels = []
+    dates: dict[str, datetime] = {}
     for i, item in enumerate(root.list_("tcbLevels")):
-        level = _Reader(item, f"enclaveIdentity.tcbLevels[{i}]")
-        status = level.str_("tcbStatus")
-        if status not in MODULE_STATUSES:
-            raise CollateralError(f"{level.path}.tcbStatus: unknown status {status!r}")
-        levels.append(
-            ModuleTcbLevel(
-                isvsvn=level.child("tcb").int_("isvsvn", hi=0xFFFF),
-                tcb_date=level.time_("tcbDate"),
-                tcb_date_text=level.str_("tcbDate"),
-                status=status,
-                advisory_ids=level.strings_("advisoryIDs"),
-            )
-        )
+        levels.append(_module_level(item, "enclaveIdentity", i, dates, _level_slow))
     if not levels:
         raise CollateralError("enclaveIdentity.tcbLevels: empty")
     levels.sort(key=lambda lvl: lvl.isvsvn, reverse=True)

@@ -16,12 +16,13 @@ covers them) is the TDX level.
 from __future__ import annotations
 
 import binascii
-import json
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+
+import orjson
 
 from teegate.errors import CollateralError, VerificationError
 
@@ -65,7 +66,9 @@ def _load_object(text: str | bytes, what: str) -> dict[str, Any]:
     if len(text) > MAX_DOCUMENT_BYTES:
         raise CollateralError(f"{what}: larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
-        obj = json.loads(text)
+        # orjson: 3-4x faster than json on these documents; stricter (no NaN, no lone
+        # surrogates, nesting depth 1024), and its errors are ValueErrors.
+        obj = orjson.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CollateralError(f"{what}: not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -229,19 +232,64 @@ def _components(reader: _Reader, key: str) -> tuple[int, ...]:
     return svns
 
 
+_STR_ONLY = frozenset({str})
+
+
+def _module_level(
+    item: Any,
+    prefix: str,
+    index: int,
+    dates: dict[str, datetime],
+    slow: Callable[[_Reader], ModuleTcbLevel],
+) -> ModuleTcbLevel:
+    """One TDX module or QE identity TCB level (hot: real documents have many).
+
+    Checked with C-level builtins; anything unusual goes to ``slow`` (the reader-based parse,
+    which accepts exactly the same documents and names what is wrong).
+    """
+    try:
+        isvsvn = item["tcb"]["isvsvn"]
+        date_text = item["tcbDate"]
+        status = item["tcbStatus"]
+        advisories = item.get("advisoryIDs", [])
+    except (TypeError, KeyError, AttributeError):
+        return slow(_Reader(item, f"{prefix}.tcbLevels[{index}]"))
+    if (
+        type(isvsvn) is not int
+        or not 0 <= isvsvn <= 0xFFFF
+        or type(date_text) is not str
+        or type(status) is not str
+        or status not in MODULE_STATUSES
+        or type(advisories) is not list
+        or len(advisories) > MAX_LIST_ITEMS
+        or not _STR_ONLY.issuperset(map(type, advisories))
+    ):
+        return slow(_Reader(item, f"{prefix}.tcbLevels[{index}]"))
+    date = dates.get(date_text)
+    if date is None:
+        date = _Reader(item, f"{prefix}.tcbLevels[{index}]").time_("tcbDate")
+        dates[date_text] = date
+    return ModuleTcbLevel(
+        isvsvn=isvsvn, tcb_date=date, tcb_date_text=date_text, status=status, advisory_ids=tuple(advisories)
+    )
+
+
+def _module_level_slow(level: _Reader) -> ModuleTcbLevel:
+    return ModuleTcbLevel(
+        isvsvn=level.child("tcb").int_("isvsvn", hi=0xFFFF),
+        tcb_date=level.time_("tcbDate"),
+        tcb_date_text=level.str_("tcbDate"),
+        status=_status(level, MODULE_STATUSES),
+        advisory_ids=level.strings_("advisoryIDs"),
+    )
+
+
 def _module_levels(reader: _Reader) -> tuple[ModuleTcbLevel, ...]:
     levels = []
+    dates: dict[str, datetime] = {}
+    prefix = reader.path
     for i, item in enumerate(reader.list_("tcbLevels")):
-        level = _Reader(item, f"{reader.path}.tcbLevels[{i}]")
-        levels.append(
-            ModuleTcbLevel(
-                isvsvn=level.child("tcb").int_("isvsvn", hi=0xFFFF),
-                tcb_date=level.time_("tcbDate"),
-                tcb_date_text=level.str_("tcbDate"),
-                status=_status(level, MODULE_STATUSES),
-                advisory_ids=level.strings_("advisoryIDs"),
-            )
-        )
+        levels.append(_module_level(item, prefix, i, dates, _module_level_slow))
     if not levels:
         raise CollateralError(f"{reader.path}.tcbLevels: empty")
     # Intel QVL keeps identity levels in a set ordered by descending ISVSVN.
@@ -317,7 +365,7 @@ def _tcb_level(item: Any, index: int, version: int, is_tdx: bool, dates: dict[st
         raise CollateralError(f"{path}.tcbStatus: unknown status {status!r}")
     if type(advisories) is not list or len(advisories) > MAX_LIST_ITEMS:
         raise CollateralError(f"{path}.advisoryIDs: expected a list of strings")
-    if not all(type(adv) is str for adv in advisories):
+    if not _STR_ONLY.issuperset(map(type, advisories)):
         raise CollateralError(f"{path}.advisoryIDs: expected a list of strings")
     if type(date_text) is not str:
         raise CollateralError(f"{path}.tcbDate: expected a string")

@@ -24,6 +24,11 @@ value and valid for the time window in which every check holds; the verified PCK
 by (chain PEM, collateral); verified QE reports keyed by (report, signature, chain PEM). What
 differs per quote — quote signature, QE report data binding, QE identity match, TCB level for
 this quote's SVNs and the merge — is always computed.
+
+Cold (a fresh verifier) does nine P-256 verifications, each once: PCK←PCK CA, PCK CA←root,
+TCB Signing←root, Root CA CRL, PCK CRL, TCB Info, QE Identity, QE report, quote. The
+verifier's :class:`~teegate.dcap.certs.CertMemo` parses each certificate once (the root and
+PCK CA recur across chains) and checks each (certificate, issuer) link once.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from teegate.dcap.certs import (
     CertMemo,
     VerifiedChain,
     VerifiedCrl,
-    load_crl_der,
+    load_crl,
     load_pem_chain,
     public_key_from_point,
     verify_chain,
@@ -222,9 +227,9 @@ def _check_collateral(
     step = STEP_COLLATERAL_CRLS
     crl_chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain", cache=memo)
     root_cert = crl_chain[-1]
-    root_crl_raw, root_crl_der = load_crl_der(collateral.root_ca_crl, "root_ca_crl")
-    pck_crl_raw, pck_crl_der = load_crl_der(collateral.pck_crl, "pck_crl")
-    root_crl = verify_crl(root_crl_raw, root_cert, what="Root CA CRL", step=step, der=root_crl_der, memo=memo)
+    root_crl_raw = load_crl(collateral.root_ca_crl, "root_ca_crl", cache=memo)
+    pck_crl_raw = load_crl(collateral.pck_crl, "pck_crl", cache=memo)
+    root_crl = verify_crl(root_crl_raw, root_cert, what="Root CA CRL", step=step, memo=memo)
     expired = _window(
         "Root CA CRL",
         root_crl.this_update,
@@ -239,7 +244,7 @@ def _check_collateral(
     )
     if root_crl.is_revoked(root_cert):
         raise VerificationError("ROOT_CA_REVOKED", "the root CA is listed in its own CRL", step=step)
-    pck_crl = verify_crl(pck_crl_raw, crl_issuer.leaf, what="PCK CRL", step=step, der=pck_crl_der, memo=memo)
+    pck_crl = verify_crl(pck_crl_raw, crl_issuer.leaf, what="PCK CRL", step=step, memo=memo)
     expired |= _window(
         "PCK CRL",
         pck_crl.this_update,

@@ -19,7 +19,6 @@ escapes as an unhandled exception.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hmac
 import json
 import logging
@@ -84,6 +83,7 @@ from teegate.kbs.token import (
     TokenError,
     TokenSigner,
     TokenVerifier,
+    canonical_claims,
     ear_claims,
     extract_tee_pubkey,
     load_cert_chain,
@@ -113,6 +113,7 @@ _KBS_HASHES: Final = {
     "sha512": HashAlgorithm.SHA512,
 }
 _MAX_INIT_DIGEST_BYTES: Final = 48
+_MAX_COUNTER_CHILDREN: Final = 64
 #: Latency buckets (seconds), 0.5 ms … 1 s as Trustee's ``kbs_http_request_duration_seconds``.
 _BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -326,8 +327,11 @@ class KbsRuntime:
                 )
             claims, appraisal = await self._appraise(state, attestation, now)
             status = appraisal.status
-            token = self.signer.sign(claims)
-            attested = state.with_claims(claims)
+            # One serialisation of the claims serves the token payload, the sealed session and
+            # the audit digest.
+            claims_json = canonical_claims(claims)
+            token = self.signer.sign_json(claims_json)
+            attested = state.with_claims(claims, claims_json)
             try:
                 cookie: str | None = self.sealer.seal(attested)
             except SessionError as exc:  # claims too large for a cookie: the token still works
@@ -350,18 +354,19 @@ class KbsRuntime:
             ) from None
         self.metrics.attestations.labels(tee_name, status).inc()
         # Releases and denials get full audit records; a token issued is one structured line.
-        _log.info(
-            "attestation token issued: %s %s by %s",
-            tee_name,
-            status,
-            appraisal.evaluated_policy_id,
-            extra={
-                "event": "attestation",
-                "tee": tee_name,
-                "status": status,
-                "policy_id": appraisal.evaluated_policy_id,
-            },
-        )
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "attestation token issued: %s %s by %s",
+                tee_name,
+                status,
+                appraisal.evaluated_policy_id,
+                extra={
+                    "event": "attestation",
+                    "tee": tee_name,
+                    "status": status,
+                    "policy_id": appraisal.evaluated_policy_id,
+                },
+            )
         return self._token_response(token, attested, cookie)
 
     def _token_response(self, token: str, state: SessionState, cookie: str | None) -> Response:
@@ -392,22 +397,32 @@ class KbsRuntime:
         init_claims = _init_data_claims(attestation.init_data, primary)
         runtime_claims = attestation.runtime_data_claims()
         policy_ids = [self.settings.attestation_policy_id]
+        # The explanation's reasons are not used here (a refusal at the resource is explained by
+        # the resource policy from the token's trust vector): skip that extra evaluation.
         appraisal = await policy.appraise(
             state.tee.value,
             primary.claims,
             policy_ids=policy_ids,
             init_data_claims=init_claims,
             runtime_data_claims=runtime_claims,
+            explain=False,
         )
         submods: dict[str, dict[str, Any]] = {f"{appraisal.tee_class}0": appraisal.ear_submod()}
         counters = {appraisal.tee_class: 1}
-        device_digest = device_binding_digest(attestation.nonce, attestation.tee_pubkey, state.hash_algorithm)
-        device_runtime = {"nonce": attestation.nonce, "tee-pubkey": attestation.tee_pubkey.to_jwk()}
+        if additional:
+            device_digest = device_binding_digest(
+                attestation.nonce, attestation.tee_pubkey, state.hash_algorithm
+            )
+            device_runtime = {"nonce": attestation.nonce, "tee-pubkey": attestation.tee_pubkey.to_jwk()}
         for tee, evidence in additional.items():
             verified = await self.verifiers.get(tee).verify(evidence, now=moment)
             check_binding(verified, device_digest)
             extra = await policy.appraise(
-                tee.value, verified.claims, policy_ids=policy_ids, runtime_data_claims=device_runtime
+                tee.value,
+                verified.claims,
+                policy_ids=policy_ids,
+                runtime_data_claims=device_runtime,
+                explain=False,
             )
             index = counters.get(extra.tee_class, 0)
             counters[extra.tee_class] = index + 1
@@ -428,7 +443,7 @@ class KbsRuntime:
                 "repo/type/tag, each matching [A-Za-z0-9_-][A-Za-z0-9_.-]*",
             )
         now = self.clock()
-        claims = self._claims(request, now)
+        claims, digest = self._claims(request, now)
         decision = await policy.resource_allowed(claims, path)
         tee = _primary_tee(claims)
         if not decision.allowed:
@@ -441,6 +456,7 @@ class KbsRuntime:
                 policy_id=decision.policy_id,
                 reason=decision.reason,
                 claims=claims,
+                claims_digest_hex=digest,
                 trust_vector=_primary_vector(claims),
                 reasons=decision.reasons,
             )
@@ -459,6 +475,7 @@ class KbsRuntime:
                 policy_id=decision.policy_id,
                 reason="resource not found",
                 claims=claims,
+                claims_digest_hex=digest,
             )
             raise KbsError(
                 "PluginInternalError", f"Plugin internal error: resource {path} not found"
@@ -475,11 +492,13 @@ class KbsRuntime:
             verdict="released",
             policy_id=decision.policy_id,
             claims=claims,
+            claims_digest_hex=digest,
         )
         return Response(json.dumps(jwe, separators=(",", ":")), media_type=_JSON)
 
-    def _claims(self, request: HttpRequest, now: float) -> dict[str, Any]:
-        """Token claims from an attested session cookie, else a verified Bearer token."""
+    def _claims(self, request: HttpRequest, now: float) -> tuple[dict[str, Any], str | None]:
+        """Token claims from an attested session cookie (with the digest sealed beside them),
+        else a verified Bearer token (digest None: the audit log computes it)."""
         cookie_problem = ""
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
@@ -491,7 +510,7 @@ class KbsRuntime:
                 if state.claims is not None:
                     exp = state.claims.get("exp")
                     if isinstance(exp, int) and now <= exp:
-                        return state.claims
+                        return state.claims, state.claims_digest
                     cookie_problem = " (session token expired)"
                 else:
                     cookie_problem = " (session not attested: call /kbs/v0/attest)"
@@ -499,7 +518,7 @@ class KbsRuntime:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             try:
-                return self.token_verifier.verify(credentials.strip(), now=int(now))
+                return self.token_verifier.verify(credentials.strip(), now=int(now)), None
             except TokenError as exc:
                 self.metrics.denials.labels("token").inc()
                 raise KbsError("TokenVerifierError", f"Token Verifier error: {exc}") from None
@@ -602,6 +621,9 @@ def _endpoint(
     """Wrap a handler: Trustee error bodies for every failure, metrics per request."""
     metrics = runtime.metrics
     latency = metrics.latency.labels(route)
+    # Counter children by (method, status), looked up once each (the route fixes the methods,
+    # the handlers a handful of statuses; the bound only guards against surprises).
+    counters: dict[tuple[str, int], Any] = {}
 
     async def wrapped(request: HttpRequest) -> Response:
         started = time.perf_counter()
@@ -619,7 +641,13 @@ def _endpoint(
             _log.exception("internal error on %s", route)
             response = Response(error_body("HTTPFailed", "internal error"), status_code=500, media_type=_JSON)
         latency.observe(time.perf_counter() - started)
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        key = (request.method, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = metrics.requests.labels(route, key[0], str(key[1]))
+            if len(counters) < _MAX_COUNTER_CHILDREN:
+                counters[key] = counter
+        counter.inc()
         return response
 
     return wrapped
@@ -680,9 +708,6 @@ def build_app(
             runtime.storage = None
             runtime.policy = None
             _unmount_admin(app, runtime)
-            # Compiled Rego engines must be freed on the thread that made them (the server's):
-            # collect their reference cycles here rather than wherever the GC next runs.
-            gc.collect()
             await storage.close()
 
     async def healthz(request: HttpRequest) -> Response:

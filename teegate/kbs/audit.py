@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -131,7 +131,10 @@ def measurement_of(claims: Mapping[str, Any]) -> str | None:
 
 
 def claims_digest(claims: Mapping[str, Any]) -> str:
-    """SHA-384 over the claims' canonical JSON (sorted keys, compact): ties a record to a token."""
+    """SHA-384 over the claims' canonical JSON (sorted keys, compact): ties a record to a token.
+
+    The KBS passes the digest of the text it already serialised for the token
+    (:func:`teegate.kbs.token.canonical_claims`: the same text for JSON claims)."""
     canonical = json.dumps(claims, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
     return hashlib.sha384(canonical).hexdigest()
 
@@ -178,10 +181,23 @@ class AuditRecord:
     sequence: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (reasons as a list)."""
-        document = asdict(self)
-        document["reasons"] = list(self.reasons)
-        return document
+        """A JSON-ready dict (reasons as a list). The record is frozen and its excerpt was built
+        for it alone, so the nested values are shared rather than deep-copied."""
+        return {
+            "kind": self.kind,
+            "time": self.time,
+            "verdict": self.verdict,
+            "tee": self.tee,
+            "measurement": self.measurement,
+            "resource_path": self.resource_path,
+            "policy_id": self.policy_id,
+            "reason": self.reason,
+            "claims_digest": self.claims_digest,
+            "claims": self.claims,
+            "trust_vector": dict(self.trust_vector),
+            "reasons": list(self.reasons),
+            "sequence": self.sequence,
+        }
 
 
 class AuditLog:
@@ -248,8 +264,10 @@ class AuditLog:
                 self._denials.append(record)  # a refused attestation is a denied attempt too
             self.counts[kind] += 1
         refused = kind == "denial" or (kind == "attestation" and verdict != "affirming")
-        line = json.dumps({"audit": record.to_json()}, sort_keys=True, separators=(",", ":"), default=str)
-        self._logger.log(logging.WARNING if refused else logging.INFO, line)
+        level = logging.WARNING if refused else logging.INFO
+        if self._logger.isEnabledFor(level):  # the line is built only when something writes it
+            line = json.dumps({"audit": record.to_json()}, sort_keys=True, separators=(",", ":"), default=str)
+            self._logger.log(level, line)
         return record
 
     def recent_denials(self, limit: int = 50) -> list[AuditRecord]:

@@ -20,7 +20,8 @@ refused. Unknown sections and keys are refused, naming them. Sections:
   ``[collateral]`` (``teegate.collateral.settings.CollateralSettings``).
 
 Environment (used by the Kubernetes operator): ``TEEGATE_KBS_RESOURCES_DIR`` (directory
-resource backend), ``TEEGATE_KBS_POSTGRES_URL`` (PostgreSQL state), ``TEEGATE_KBS_SESSION_KEY_FILE``.
+resource backend), ``TEEGATE_KBS_POSTGRES_URL`` (PostgreSQL state), ``TEEGATE_KBS_SESSION_KEY_FILE``,
+``TEEGATE_KBS_TOKEN_KEY_FILE`` (the token signing key every replica shares).
 """
 
 from __future__ import annotations
@@ -349,6 +350,11 @@ def load_settings(
         storage = replace(storage, backend=Backend.DIRECTORY, directory_root=Path(resources_dir))
     if postgres_url:
         storage = replace(storage, state_backend=StateBackend.POSTGRES, postgres_dsn=postgres_url)
+        if not resources_dir and storage.backend is Backend.SQLITE and "backend" not in storage_table:
+            # Replicas configured by the environment alone must share their resources too.
+            storage = replace(storage, backend=Backend.POSTGRES)
+    if (token_key := env.get("TEEGATE_KBS_TOKEN_KEY_FILE")) and values.get("token_key_file") is None:
+        values["token_key_file"] = Path(token_key)
     values["storage"] = storage
 
     values.update({k: v for k, v in over.items() if v is not None})

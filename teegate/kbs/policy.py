@@ -309,20 +309,85 @@ def _unescape(literal: str) -> str:
 
 
 # regorus engines are thread-affine (PyO3 "unsendable"): dropping one on another thread is an
-# error. Engines are only held by an _EngineBox and never in a reference cycle, so they are freed
-# by reference counting on the thread that drops the last reference (the event loop's, on cache
-# eviction). A box finalised on another thread (the garbage collector can run anywhere) leaks its
-# engine on purpose rather than drop it there.
+# error. An engine is held only by its _EngineBox (never in a reference cycle of this module's
+# making), so it is normally freed by reference counting on the thread that created and used it.
+# When the last reference goes away on another thread (the garbage collector can run anywhere,
+# e.g. collecting an application object graph after its server thread stopped), the box hands
+# the engine to its owner thread's _Graveyard instead, and the owner drops it at its next policy
+# compilation or evaluation, or when it exits. Only if the owner has already exited is the
+# engine leaked (never dropped on the wrong thread). No caller needs to run the garbage
+# collector on a particular thread.
+class _Graveyard:
+    """Engines of one thread released on other threads, waiting for their owner to drop them."""
+
+    __slots__ = ("_engines", "_lock", "_open")
+
+    def __init__(self) -> None:
+        self._engines: list[Any] = []
+        self._lock = threading.Lock()
+        self._open = True
+
+    def bury(self, engine: Any) -> bool:
+        """Keep ``engine`` for its owner; False when the owner thread has exited."""
+        with self._lock:
+            if self._open:
+                self._engines.append(engine)
+            return self._open
+
+    def pending(self) -> int:
+        """Engines waiting to be dropped."""
+        return len(self._engines)
+
+    def sweep(self) -> None:
+        """Drop the waiting engines (call on the owner thread only)."""
+        if self._engines:
+            with self._lock:
+                self._engines = []
+
+    def close(self) -> None:
+        """The owner thread is exiting: drop what waits (on it) and accept no more."""
+        with self._lock:
+            self._open = False
+            self._engines = []
+
+
+class _GraveyardCloser:
+    """Held only by the owner thread's thread-local state, which that thread clears as it exits."""
+
+    __slots__ = ("graveyard",)
+
+    def __init__(self, graveyard: _Graveyard) -> None:
+        self.graveyard = graveyard
+
+    def __del__(self) -> None:
+        self.graveyard.close()
+
+
+class _ThreadGraveyard(threading.local):
+    """This thread's graveyard (thread-local by nature: one per engine-owning thread)."""
+
+    def __init__(self) -> None:
+        self.graveyard = _Graveyard()
+        self._closer = _GraveyardCloser(self.graveyard)
+
+
+_GRAVEYARDS: Final = _ThreadGraveyard()
+
+
 class _EngineBox:
-    __slots__ = ("_thread", "engine")
+    __slots__ = ("_graveyard", "_thread", "engine")
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self._thread = threading.get_ident()
+        self._graveyard = _GRAVEYARDS.graveyard
 
     def __del__(self) -> None:
-        if self.engine is not None and threading.get_ident() != self._thread:
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.engine))  # never freed: leaked, not dropped
+        engine, self.engine = self.engine, None
+        if engine is None or threading.get_ident() == self._thread:
+            return  # dropped here, on its own thread
+        if not self._graveyard.bury(engine):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))  # owner gone: leaked, not dropped
 
 
 class _RvLookup:
@@ -357,6 +422,7 @@ class _Compiled:
         self.lock = threading.Lock()
         self._lookup = _RvLookup()
         self._data: dict[str, Any] | None = None  # the data document the engine holds now
+        _GRAVEYARDS.graveyard.sweep()
         self._box = _EngineBox(regorus.Engine())
         problem = self._compile(text)
         if problem is not None:
@@ -423,6 +489,7 @@ class _Compiled:
         self, input_value: Any, data: dict[str, Any], values: Mapping[str, Any], rules: Sequence[str]
     ) -> tuple[dict[str, Any], set[str]]:
         """Evaluate ``rules``; returns results (None for undefined) and names asked but not given."""
+        _GRAVEYARDS.graveyard.sweep()
         box = self._box
         failure: str | None = None
         results: dict[str, Any] = {}
@@ -740,10 +807,13 @@ class PolicyEngine:
         policy_ids: list[str] | None = None,
         init_data_claims: Any = None,
         runtime_data_claims: Any = None,
+        explain: bool = True,
     ) -> Appraisal:
         """Run the attestation policy over one TEE's claims; raises PolicyEvaluationError.
 
-        Only the first of ``policy_ids`` is used (as Trustee); default ``["default"]``.
+        Only the first of ``policy_ids`` is used (as Trustee); default ``["default"]``. With
+        ``explain=False`` the policy's ``reasons`` (explanation only, never part of the verdict
+        or the token) are not evaluated and ``explanation["reasons"]`` is None.
         """
         tee_class = TEE_CLASSES.get(tee)
         if tee_class is None:
@@ -759,7 +829,7 @@ class PolicyEngine:
         extensions = _parse_extensions(compiled.policy_id, results.get(_EXTENSIONS_RULE))
         vector = {py: set_claims.get(py, 0) for _, py in AR4SI_CLAIMS}
         status = status_from_trust_vector(set_claims)
-        if compiled.has_reasons and status != "affirming":
+        if explain and compiled.has_reasons and status != "affirming":
             # Explanations cost an evaluation; only a refusal needs one.
             more, values = await self._evaluate(compiled, evidence, {}, [_REASONS_RULE], values)
             results.update(more)
@@ -769,7 +839,7 @@ class PolicyEngine:
             "policy_digest": compiled.digest,
             "status": status,
             "trust_vector": [_describe(py, vector[py]) for _, py in AR4SI_CLAIMS if py in set_claims],
-            "reasons": _reasons(results.get(_REASONS_RULE)),
+            "reasons": _reasons(results.get(_REASONS_RULE)) if explain else None,
             "reference_values": {name: values[name] is not None for name in sorted(values)},
         }
         return Appraisal(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import json
 import secrets
@@ -40,6 +41,7 @@ __all__ = [
     "TeePubKey",
     "check_json_depth",
     "device_binding_digest",
+    "jcs_bytes",
     "make_nonce",
     "pad_report_data",
     "parse_json",
@@ -445,6 +447,32 @@ class Attestation:
         return out
 
 
+def _string_tree(value: Any) -> bool:
+    """Objects with ASCII keys whose leaves are all strings (what the binding hashes)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _string_tree(v) for k, v in value.items())
+    return False
+
+
+def jcs_bytes(value: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``value``.
+
+    For objects of ASCII keys and string leaves (the runtime-data binding) the standard library
+    produces exactly JCS: keys sorted (ASCII code points sort as UTF-16 units do), no spaces,
+    non-ASCII text as UTF-8, and only ``"``, ``\\`` and control characters escaped (short forms,
+    else lower-case ``\\u00xx``). Anything else (numbers, lone surrogates) goes through rfc8785.
+    """
+    if _string_tree(value):
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: rfc8785 reports it
+    canonical: bytes = rfc8785.dumps(value)
+    return canonical
+
+
 def runtime_data_digest(
     nonce: str,
     tee_pubkey: TeePubKey,
@@ -452,18 +480,18 @@ def runtime_data_digest(
     algorithm: HashAlgorithm = HashAlgorithm.SHA384,
 ) -> bytes:
     """Primary binding: ``H(JCS({"additional-evidence": A, "nonce": N, "tee-pubkey": JWK}))``."""
-    canonical: bytes = rfc8785.dumps(
-        {"additional-evidence": additional_evidence, "nonce": nonce, "tee-pubkey": tee_pubkey.to_jwk()}
+    return algorithm.digest(
+        jcs_bytes(
+            {"additional-evidence": additional_evidence, "nonce": nonce, "tee-pubkey": tee_pubkey.to_jwk()}
+        )
     )
-    return algorithm.digest(canonical)
 
 
 def device_binding_digest(
     nonce: str, tee_pubkey: TeePubKey, algorithm: HashAlgorithm = HashAlgorithm.SHA384
 ) -> bytes:
     """Additional-evidence binding: ``H(JCS({"nonce": N, "tee-pubkey": JWK}))``."""
-    canonical: bytes = rfc8785.dumps({"nonce": nonce, "tee-pubkey": tee_pubkey.to_jwk()})
-    return algorithm.digest(canonical)
+    return algorithm.digest(jcs_bytes({"nonce": nonce, "tee-pubkey": tee_pubkey.to_jwk()}))
 
 
 def pad_report_data(digest: bytes, width: int = REPORT_DATA_BYTES) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import secrets
@@ -81,6 +82,11 @@ class SessionState:
     hash_algorithm: HashAlgorithm
     expires_at: int
     claims: dict[str, Any] | None = field(default=None, compare=False)
+    #: ``claims`` as the canonical JSON text the token was signed over (kept so neither the
+    #: cookie nor the audit digest serialises the claims again).
+    claims_json: str | None = field(default=None, compare=False, repr=False)
+    #: SHA-384 (hex) of that text, sealed with the claims: the audit record's ``claims_digest``.
+    claims_digest: str | None = field(default=None, compare=False)
 
     @classmethod
     def new(
@@ -94,9 +100,17 @@ class SessionState:
         """Whether ``/attest`` succeeded on this session."""
         return self.claims is not None
 
-    def with_claims(self, claims: dict[str, Any]) -> SessionState:
-        """The ``Attested`` successor (same id, nonce and expiry: Trustee does not extend it)."""
-        return SessionState(self.id, self.tee, self.nonce, self.hash_algorithm, self.expires_at, claims)
+    def with_claims(self, claims: dict[str, Any], claims_json: str | None = None) -> SessionState:
+        """The ``Attested`` successor (same id, nonce and expiry: Trustee does not extend it).
+
+        ``claims_json``, when given, must be the canonical JSON text of ``claims``
+        (:func:`teegate.kbs.token.canonical_claims`)."""
+        if claims_json is None:
+            claims_json = json.dumps(claims, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha384(claims_json.encode()).hexdigest()
+        return SessionState(
+            self.id, self.tee, self.nonce, self.hash_algorithm, self.expires_at, claims, claims_json, digest
+        )
 
     def set_cookie_header(self, value: str, *, secure: bool) -> str:
         """The ``Set-Cookie`` value for this session."""
@@ -133,9 +147,15 @@ class SessionSealer:
             "hash": state.hash_algorithm.value,
             "exp": state.expires_at,
         }
-        if state.claims is not None:
-            payload["claims"] = state.claims
-        plain = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 1)
+        if state.claims is not None and state.claims_json is None:
+            state = state.with_claims(state.claims)
+        if state.claims_digest is not None:
+            payload["claims_digest"] = state.claims_digest
+        text = json.dumps(payload, separators=(",", ":"))
+        if state.claims_json is not None:
+            # The claims text is spliced in as it is, not parsed and serialised again.
+            text = f'{text[:-1]},"claims":{state.claims_json}}}'
+        plain = zlib.compress(text.encode(), 1)
         iv = secrets.token_bytes(12)
         value = f"{_VERSION}.{_b64url(iv + self._aead.encrypt(iv, plain, _AAD))}"
         if len(value) > MAX_COOKIE_CHARS:
@@ -171,7 +191,12 @@ class SessionSealer:
                 hash_algorithm=HashAlgorithm(payload["hash"]),
                 expires_at=int(payload["exp"]),
                 claims=payload.get("claims"),
+                claims_digest=payload.get("claims_digest"),
             )
+            if state.claims is not None and not isinstance(state.claims, dict):
+                raise TypeError("claims")
+            if state.claims_digest is not None and not isinstance(state.claims_digest, str):
+                raise TypeError("claims_digest")
         except (binascii.Error, ValueError, InvalidTag, zlib.error, KeyError, TypeError):
             raise SessionError(
                 f"{SESSION_COOKIE} cookie does not authenticate (forged, corrupted, or sealed with another "

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
@@ -43,6 +44,7 @@ __all__ = [
     "TokenError",
     "TokenSigner",
     "TokenVerifier",
+    "canonical_claims",
     "ear_claims",
     "extract_tee_pubkey",
     "load_cert_chain",
@@ -152,20 +154,43 @@ def load_cert_chain(path: Path, key: ec.EllipticCurvePrivateKey) -> list[str]:
     return [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs]
 
 
+def canonical_claims(claims: Mapping[str, Any]) -> str:
+    """Claims as compact JSON with sorted keys: the token payload, the attested session's copy and
+    the audit digest's input (:func:`teegate.kbs.audit.claims_digest` hashes this same text)."""
+    return json.dumps(claims, sort_keys=True, separators=(",", ":"))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 class TokenSigner:
-    """Signs EAR tokens with the KBS token key."""
+    """Signs EAR tokens (ES256 JWS, RFC 7515 compact form) with the KBS token key.
+
+    The protected header (``alg``, ``typ``, ``jwk``, ``x5c``) depends only on the key, so its
+    base64url form is computed once; each token is one ECDSA signature over
+    ``header.payload``. :class:`TokenVerifier` (joserfc) checks what this produces.
+    """
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, *, x5c: Sequence[str] = ()) -> None:
-        self._key = ECKey.import_key(key)
-        self.public_jwk: dict[str, Any] = self._key.as_dict(private=False)
+        self._private = key
+        self.public_jwk: dict[str, Any] = ECKey.import_key(key).as_dict(private=False)
         self.public_key = key.public_key()
         self._header: dict[str, Any] = {"alg": "ES256", "typ": "JWT", "jwk": self.public_jwk}
         if x5c:
             self._header["x5c"] = list(x5c)
+        self._header_b64 = _b64url(json.dumps(self._header, separators=(",", ":")).encode())
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         """The compact JWT for ``claims``."""
-        return jwt.encode(self._header, dict(claims), self._key, algorithms=_ALGS)
+        return self.sign_json(canonical_claims(claims))
+
+    def sign_json(self, claims_json: str) -> str:
+        """The compact JWT whose payload is ``claims_json`` (a JSON object's text)."""
+        signing_input = f"{self._header_b64}.{_b64url(claims_json.encode())}"
+        der = self._private.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
 def _thumb(jwk: Mapping[str, Any]) -> tuple[Any, ...]:

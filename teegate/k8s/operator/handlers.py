@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kopf
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from teegate.k8s.operator.reconcile import (
     GROUP,
@@ -20,6 +22,8 @@ from teegate.k8s.operator.reconcile import (
     conditions,
     desired_objects,
     session_key_secret,
+    token_key_name,
+    token_key_secret,
 )
 
 __all__ = ["KubernetesApplier", "ObjectApplier", "reconcile_kbsconfig", "register_handlers"]
@@ -98,6 +102,11 @@ def reconcile_kbsconfig(
     ):
         key = base64.b64encode(base64.b64encode(secrets.token_bytes(32))).decode()
         applier.apply(session_key_secret(name, namespace, uid, key))
+    if not applier.exists("v1", "Secret", namespace, token_key_name(name)):
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        applier.apply(token_key_secret(name, namespace, uid, base64.b64encode(pem).decode()))
     objects = desired_objects(name, namespace, uid, parsed)
     for obj in objects:
         applier.apply(obj)

@@ -187,8 +187,27 @@ def _meta(obj_name: str, namespace: str, owner: str, uid: str) -> dict[str, Any]
     }
 
 
+STATE_DIR = "/var/lib/teegate/kbs/state"
+
+
 def session_key_name(name: str, spec: KbsConfigSpec) -> str:
     return spec.session_key_secret or f"{name}-session-key"
+
+
+def token_key_name(name: str) -> str:
+    return f"{name}-token-key"
+
+
+def token_key_secret(name: str, namespace: str, uid: str, pem_b64: str) -> dict[str, Any]:
+    """The generated EAR token signing key (P-256 PKCS#8 PEM), shared by every replica so a
+    token minted by one verifies on all (created once)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(token_key_name(name), namespace, name, uid),
+        "data": {"key.pem": pem_b64},
+    }
 
 
 def session_key_secret(name: str, namespace: str, uid: str, key_b64: str) -> dict[str, Any]:
@@ -216,6 +235,11 @@ def _volumes(name: str, spec: KbsConfigSpec) -> tuple[list[dict[str, Any]], list
         "session-key",
         {"secret": {"secretName": session_key_name(name, spec), "defaultMode": 0o400}},
         "/etc/teegate/session",
+    )
+    add(
+        "token-key",
+        {"secret": {"secretName": token_key_name(name), "defaultMode": 0o400}},
+        "/etc/teegate/token",
     )
     if spec.https_cert_secret and spec.https_key_secret:
         add("https-cert", {"secret": {"secretName": spec.https_cert_secret}}, "/etc/teegate/tls/cert")
@@ -256,6 +280,9 @@ def desired_objects(name: str, namespace: str, uid: str, spec: KbsConfigSpec) ->
     env: list[dict[str, Any]] = [
         {"name": "TEEGATE_KBS_RESOURCES_DIR", "value": RESOURCES_ROOT},
         {"name": "TEEGATE_KBS_SESSION_KEY_FILE", "value": "/etc/teegate/session/key"},
+        {"name": "TEEGATE_KBS_TOKEN_KEY_FILE", "value": "/etc/teegate/token/key.pem"},
+        # The writable state volume (the root file system is read-only).
+        {"name": "TEEGATE_DATA_DIR", "value": STATE_DIR},
     ]
     if spec.postgres_secret:
         env.append(
@@ -275,7 +302,7 @@ def desired_objects(name: str, namespace: str, uid: str, spec: KbsConfigSpec) ->
         "args": args,
         "ports": [{"name": scheme, "containerPort": KBS_PORT, "protocol": "TCP"}],
         "env": env,
-        "volumeMounts": [*mounts, {"name": "data", "mountPath": "/var/lib/teegate/kbs/state"}],
+        "volumeMounts": [*mounts, {"name": "data", "mountPath": STATE_DIR}],
         "readinessProbe": {"tcpSocket": {"port": KBS_PORT}, "periodSeconds": 5},
         "livenessProbe": {"tcpSocket": {"port": KBS_PORT}, "periodSeconds": 20},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import threading
 import time
@@ -27,12 +26,7 @@ from teegate.kbs.protocol import (
 
 @contextmanager
 def serve(app: Starlette) -> Iterator[str]:
-    """Serve ``app`` on loopback; yields the base URL; stops the server on exit.
-
-    regorus engines must be freed on the thread that created them; the app collects its own at
-    shutdown (on the server thread), and garbage made on this thread is collected here first.
-    """
-    gc.collect()
+    """Serve ``app`` on loopback; yields the base URL; stops the server on exit."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -48,7 +42,6 @@ def serve(app: Starlette) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
-        gc.collect()
 
 
 class Guest:

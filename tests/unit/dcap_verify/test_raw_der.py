@@ -210,25 +210,34 @@ def test_issuer_key_must_be_p256(pki: _Pki) -> None:
 
 
 def test_crl_checks(pki: _Pki) -> None:
-    good, good_der = _loaded(_crl(pki.ca.subject, pki.ca_key))
-    ok = verify_crl(good, pki.ca, what="c", step="t", der=good_der)
+    memo = CertMemo()
+    good = load_crl(_crl(pki.ca.subject, pki.ca_key), "c", cache=memo)
+    ok = verify_crl(good, pki.ca, what="c", step="t", memo=memo)
     assert ok.issuer_key == ec_point(pki.ca)
     for der, code in (
         (_crl(pki.ca.subject, pki.ca_key, algorithm=hashes.SHA384()), "UNSUPPORTED_SIGNATURE_ALGORITHM"),
         (_crl(_name("Someone else"), pki.ca_key), "CRL_ISSUER_MISMATCH"),  # right key, wrong name
         (_crl(pki.ca.subject, pki.root_key), "CRL_INVALID_SIGNATURE"),
     ):
-        crl, raw = _loaded(der)
-        for kwargs in ({"der": raw}, {}):  # with the original DER and re-encoded
+        crl = load_crl(der, "c", cache=memo)
+        assert memo.crl_der(crl) == der
+        for used in (memo, None):  # over the original DER, and over the re-encoding
             with pytest.raises(VerificationError) as info:
-                verify_crl(crl, pki.ca, what="c", step="t", **kwargs)  # type: ignore[arg-type]
+                verify_crl(crl, pki.ca, what="c", step="t", memo=used)
             assert info.value.code == code
 
 
-def _loaded(der: bytes) -> tuple[x509.CertificateRevocationList, bytes]:
-    crl, raw = load_crl_der(der, "crl")
-    assert raw == der
-    return crl, raw
+def test_memo_pairs_a_crl_only_with_the_der_it_was_parsed_from(pki: _Pki) -> None:
+    memo = CertMemo()
+    der = _crl(pki.ca.subject, pki.ca_key)
+    loaded = load_crl(der, "c", cache=memo)
+    assert memo.crl_der(loaded) == der
+    assert memo.crl_der(load_crl(der, "c")) is None  # another object, not loaded with this memo
+    assert CertMemo().crl_der(loaded) is None
+    forged = load_crl(_crl(pki.ca.subject, pki.root_key), "f")
+    with pytest.raises(VerificationError) as info:
+        verify_crl(forged, pki.ca, what="c", step="t", memo=memo)
+    assert info.value.code == "CRL_INVALID_SIGNATURE"
 
 
 def test_load_crl_der_returns_the_der_of_every_encoding(real: Vector) -> None:

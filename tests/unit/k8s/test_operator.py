@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from teegate.k8s.operator import handlers
 from teegate.k8s.operator.handlers import reconcile_kbsconfig
@@ -122,7 +125,7 @@ def test_conditions_keep_transition_time() -> None:
     assert flipped[0]["lastTransitionTime"] == "2026-11-24T13:00:00Z"
 
 
-def test_handler_creates_objects_and_session_key_once() -> None:
+def test_handler_creates_objects_and_shared_keys_once() -> None:
     api = MemoryApi()
     patch: dict[str, Any] = {}
     spec = {**BASE, "kbsSecretResources": ["disk"]}
@@ -132,6 +135,9 @@ def test_handler_creates_objects_and_session_key_once() -> None:
     assert result == {"objects": ["Deployment/kbs", "Service/kbs"]}
     key = base64.b64decode(base64.b64decode(api.get("Secret", "kbs-session-key")["data"]["key"]))
     assert len(key) == 32
+    token_pem = base64.b64decode(api.get("Secret", "kbs-token-key")["data"]["key.pem"])
+    token_key = serialization.load_pem_private_key(token_pem, password=None)
+    assert isinstance(token_key, ec.EllipticCurvePrivateKey) and token_key.curve.name == "secp256r1"
     (cond,) = patch["status"]["conditions"]
     assert (cond["type"], cond["status"], cond["reason"]) == ("Ready", "True", "Reconciled")
     assert patch["status"]["replicas"] == 1
@@ -140,7 +146,8 @@ def test_handler_creates_objects_and_session_key_once() -> None:
         api, spec=spec, name="kbs", namespace="tg", uid=UID, status=patch["status"], patch={}, now=NOW
     )
     assert base64.b64decode(base64.b64decode(api.get("Secret", "kbs-session-key")["data"]["key"])) == key
-    assert api.applies == 5
+    assert base64.b64decode(api.get("Secret", "kbs-token-key")["data"]["key.pem"]) == token_pem
+    assert api.applies == 6  # 2 keys once + Deployment and Service twice
 
 
 def test_handler_invalid_spec_is_permanent_and_reported() -> None:
@@ -199,3 +206,24 @@ def test_registered_kopf_handlers_drive_the_reconciler() -> None:
             spec=BASE, name="kbs", namespace=None, uid=UID, status={}, patch={}, meta={}
         )
     assert by_reason["_deleted"][0].fn(name="kbs", namespace="tg") is None
+
+
+def test_kbs_reads_the_environment_the_operator_sets(tmp_path: Path) -> None:
+    """The Deployment's env, given to the KBS's own settings loader, means what the operator meant."""
+    from teegate.kbs.config import load_settings
+    from teegate.kbs.storage.base import Backend, StateBackend
+
+    spec = KbsConfigSpec.parse({**BASE, "kbsPostgresSecretName": "kbs-pg"})
+    (deployment, _service) = desired_objects("kbs", "ns1", UID, spec)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "postgresql://kbs@db/kbs") for e in container["env"]}
+    assert env["TEEGATE_DATA_DIR"] in {m["mountPath"] for m in container["volumeMounts"]}
+    env["TEEGATE_DATA_DIR"] = str(tmp_path)  # the mounted state volume, here a temp dir
+    settings = load_settings(None, environ=env)
+    assert settings.token_key_file == Path("/etc/teegate/token/key.pem")
+    assert settings.storage.backend is Backend.DIRECTORY  # resources: the mounted Secrets
+    assert settings.storage.state_backend is StateBackend.POSTGRES
+
+    del env["TEEGATE_KBS_RESOURCES_DIR"]
+    shared = load_settings(None, environ=env)
+    assert shared.storage.backend is Backend.POSTGRES  # replicas share resources as well

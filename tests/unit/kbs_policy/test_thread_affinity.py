@@ -1,5 +1,9 @@
-"""regorus engines are thread-affine: a compiled policy collected on another thread must not drop
-its engine there (PyO3 reports "unsendable ... dropped on another thread"); it is kept instead."""
+"""regorus engines are thread-affine: an engine is only ever dropped on the thread that made it.
+
+Released elsewhere (the garbage collector can run on any thread), it waits in its owner's
+graveyard and the owner drops it at its next policy call; if the owner has exited it is kept
+rather than dropped on the wrong thread (PyO3 would report "unsendable ... dropped on another
+thread")."""
 
 from __future__ import annotations
 
@@ -10,23 +14,19 @@ from typing import Any
 
 import pytest
 
-from teegate.kbs.policy import _Compiled, builtin_policy_text
+from teegate.kbs.policy import _GRAVEYARDS, _Compiled, builtin_policy_text
 from teegate.kbs.storage import PolicyKind
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_engine_collected_on_a_worker_thread_is_not_dropped_there(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    errors: list[str] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(str(u.exc_value)))
-    compiled = _Compiled(
+def _compiled() -> _Compiled:
+    return _Compiled(
         PolicyKind.RESOURCE, "resource-policy", 1, builtin_policy_text(PolicyKind.RESOURCE, "default")
     )
-    cycle: list[Any] = [compiled]
-    cycle.append(cycle)  # cyclic garbage: only the garbage collector frees it, on whatever thread runs
-    del compiled, cycle
+
+
+def _collect_on_worker() -> None:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -36,4 +36,43 @@ def test_engine_collected_on_a_worker_thread_is_not_dropped_there(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_engine_released_on_a_worker_thread_is_dropped_by_its_owner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    errors: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(str(u.exc_value)))
+    graveyard = _GRAVEYARDS.graveyard
+    graveyard.sweep()
+    compiled = _compiled()
+    cycle: list[Any] = [compiled]
+    cycle.append(cycle)  # cyclic garbage: only the garbage collector frees it, on whatever thread runs
+    del compiled, cycle
+    _collect_on_worker()
     assert errors == []
+    assert graveyard.pending() == 1  # handed back to this (the owner) thread, not dropped there
+    survivor = _compiled()  # the owner's next policy call drops it
+    assert graveyard.pending() == 0
+    results, _ = survivor.evaluate({}, {"plugin": "resource"}, {}, ["data.policy.allow"])
+    assert results == {"data.policy.allow": False}
+    assert errors == []
+
+
+def test_engine_of_an_exited_thread_is_never_dropped_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(str(u.exc_value)))
+    made: list[_Compiled] = []
+    owner = threading.Thread(target=lambda: made.append(_compiled()))
+    owner.start()
+    owner.join()
+    del made[:]  # last reference goes on this thread after the owner exited: kept, not dropped here
+    assert errors == []
+
+
+def test_engine_dropped_on_its_own_thread_is_freed_at_once() -> None:
+    graveyard = _GRAVEYARDS.graveyard
+    graveyard.sweep()
+    compiled = _compiled()
+    del compiled  # reference counting, on the owner thread: nothing waits
+    assert graveyard.pending() == 0
