@@ -28,7 +28,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from teegate.dcap.anchors import TrustAnchor, TrustAnchors
@@ -72,6 +71,8 @@ _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _ECDSA_SHA256_ALG_DER = bytes.fromhex("300a06082a8648ce3d040302")
 #: DER AlgorithmIdentifier of an EC public key on P-256 (id-ecPublicKey, prime256v1).
 _P256_SPKI_ALG_DER = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+#: DER of the basicConstraints extension's OID (2.5.29.19), tag and length included.
+_BASIC_CONSTRAINTS_OID_DER = bytes.fromhex("0603551d13")
 
 
 class _DerError(ValueError):
@@ -88,21 +89,20 @@ def _tlv(data: bytes, offset: int, end: int, tag: int, name: str) -> tuple[int, 
         raise _DerError(f"{name}: truncated DER element at offset {offset}")
     if data[offset] != tag:
         raise _DerError(f"{name}: expected DER tag 0x{tag:02x} at offset {offset}, got 0x{data[offset]:02x}")
-    first = data[offset + 1]
+    length = data[offset + 1]
     pos = offset + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
+    if length >= 0x80:
+        count = length - 0x80
         if not 1 <= count <= 3 or pos + count > end:
             raise _DerError(f"{name}: bad DER length at offset {offset + 1}")
         length = int.from_bytes(data[pos : pos + count], "big")
         if length < 0x80 or data[pos] == 0:
             raise _DerError(f"{name}: DER length not minimally encoded at offset {offset + 1}")
         pos += count
-    if pos + length > end:
+    stop = pos + length
+    if stop > end:
         raise _DerError(f"{name}: DER element at offset {offset} runs past its container")
-    return pos, pos + length
+    return pos, stop
 
 
 def _signed_parts(der: bytes, name: str) -> tuple[int, int, bytes, bytes, bytes]:
@@ -126,6 +126,7 @@ class CertInfo:
 
     __slots__ = (
         "_key",
+        "_rest",
         "cert",
         "der",
         "issuer",
@@ -161,6 +162,7 @@ class CertInfo:
                 and der[key_start : key_start + 2] == b"\x00\x04"
             ):
                 point = der[key_start + 1 : key_end]
+        self._rest = (spki_end, tbs_end)  # issuer/subject unique IDs and extensions
         self.cert = cert
         self.der = der
         self.tbs = tbs
@@ -172,6 +174,60 @@ class CertInfo:
         #: The uncompressed SEC1 point when the key is on P-256, else None.
         self.point = point
         self._key: ec.EllipticCurvePublicKey | None = None
+
+    def raw_is_ca(self) -> bool | None:
+        """basicConstraints cA read from the raw extensions; None when anything is unusual.
+
+        Strict: extensions well formed, no OID twice, basicConstraints a SEQUENCE of an
+        optional BOOLEAN TRUE and an optional INTEGER. None sends the caller to cryptography.
+        """
+        der = self.der
+        pos, end = self._rest
+        try:
+            while pos < end and der[pos] in (0x81, 0x82):  # issuerUniqueID, subjectUniqueID
+                _s, pos = _tlv(der, pos, end, der[pos], "uniqueIdentifier")
+            if pos == end:
+                return False  # no extensions: not a CA
+            ext_start, ext_end = _tlv(der, pos, end, 0xA3, "extensions")
+            seq_start, seq_end = _tlv(der, ext_start, ext_end, 0x30, "Extensions")
+            if ext_end != end or seq_end != ext_end or seq_start == seq_end:
+                return None
+            seen: set[bytes] = set()
+            ca = False
+            pos = seq_start
+            while pos < seq_end:
+                item_start, item_end = _tlv(der, pos, seq_end, 0x30, "Extension")
+                _s, oid_end = _tlv(der, item_start, item_end, 0x06, "extnID")
+                oid = der[item_start:oid_end]
+                if oid in seen:
+                    return None
+                seen.add(oid)
+                at = oid_end
+                if der[at] == 0x01:
+                    if der[at : at + 3] != b"\x01\x01\xff":  # DER: FALSE is never encoded
+                        return None
+                    at += 3
+                value_start, value_end = _tlv(der, at, item_end, 0x04, "extnValue")
+                if value_end != item_end:
+                    return None
+                if oid == _BASIC_CONSTRAINTS_OID_DER:
+                    bc_start, bc_end = _tlv(der, value_start, value_end, 0x30, "BasicConstraints")
+                    if bc_end != value_end:
+                        return None
+                    at = bc_start
+                    if at < bc_end and der[at] == 0x01:
+                        if der[at : at + 3] != b"\x01\x01\xff":  # DER: FALSE is never encoded
+                            return None
+                        ca = True
+                        at += 3
+                    if at < bc_end:
+                        _s, at = _tlv(der, at, bc_end, 0x02, "pathLenConstraint")
+                    if at != bc_end:
+                        return None
+                pos = item_end
+        except (_DerError, IndexError):
+            return None
+        return ca
 
     def p256_key(self) -> ec.EllipticCurvePublicKey:
         """The certificate's public key; UNSUPPORTED_KEY unless it is a valid P-256 key."""
@@ -424,7 +480,17 @@ def raw_signature_to_der(sig: bytes) -> bytes:
         raise VerificationError(
             "INVALID_SIGNATURE_FORMAT", f"raw ECDSA signature is {len(sig)} bytes, not 64"
         )
-    return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    r = _der_integer(sig[:32])
+    s = _der_integer(sig[32:])
+    return b"\x30" + bytes([len(r) + len(s)]) + r + s
+
+
+def _der_integer(value: bytes) -> bytes:
+    """DER INTEGER of an unsigned big-endian value of at most 32 bytes (minimal, non-negative)."""
+    value = value.lstrip(b"\x00") or b"\x00"
+    if value[0] & 0x80:
+        value = b"\x00" + value
+    return b"\x02" + bytes([len(value)]) + value
 
 
 def verify_raw_signature(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:
@@ -595,20 +661,18 @@ def verify_chain(
     infos = [memo.info(cert) for cert in certs]
     root = certs[-1]
     anchor = _find_anchor(root, infos[-1].point, anchors, what=what, step=step)
-    not_before = max(cert.not_valid_before_utc for cert in certs)
-    not_after = min(cert.not_valid_after_utc for cert in certs)
-    for cert in certs:
-        if now < cert.not_valid_before_utc:
+    starts = [cert.not_valid_before_utc for cert in certs]
+    ends = [cert.not_valid_after_utc for cert in certs]
+    not_before = max(starts)
+    not_after = min(ends)
+    for cert, start, end in zip(certs, starts, ends, strict=True):
+        if now < start:
             raise VerificationError(
-                "CERT_NOT_YET_VALID",
-                f"{what}: {_cn(cert)!r} is valid from {cert.not_valid_before_utc.isoformat()}",
-                step=step,
+                "CERT_NOT_YET_VALID", f"{what}: {_cn(cert)!r} is valid from {start.isoformat()}", step=step
             )
-        if now > cert.not_valid_after_utc:
+        if now > end:
             raise VerificationError(
-                "CERT_EXPIRED",
-                f"{what}: {_cn(cert)!r} expired at {cert.not_valid_after_utc.isoformat()}",
-                step=step,
+                "CERT_EXPIRED", f"{what}: {_cn(cert)!r} expired at {end.isoformat()}", step=step
             )
     # The root is trusted because its key is pinned; like webpki (dcap-qvl) we do not check
     # its self-signature, which would prove nothing more.
@@ -619,7 +683,7 @@ def verify_chain(
         if not memo.link_checked(info, issuer_info):
             # The root is trusted for its key alone; any other issuer must be a CA, so that
             # a leaked leaf key (say a PCK key) cannot issue certificates of its own.
-            if issuer is not root and not _is_ca(issuer):
+            if issuer is not root and not _is_ca(issuer_info):
                 raise VerificationError(
                     "CERT_CHAIN_BROKEN", f"{what}: issuer {_cn(issuer)!r} is not a CA", step=step
                 )
@@ -643,7 +707,11 @@ def verify_chain(
     return VerifiedChain(certs=tuple(certs), anchor=anchor, not_before=not_before, not_after=not_after)
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _is_ca(info: CertInfo) -> bool:
+    raw = info.raw_is_ca()
+    if raw is not None:
+        return raw
+    cert = info.cert
     try:
         ext = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     except x509.ExtensionNotFound:

@@ -97,6 +97,8 @@ def _tcb_template() -> re.Pattern[bytes]:
 
 
 _TCB_TEMPLATE = _tcb_template()
+_TOP_ALLOWED = frozenset(f"{SGX_EXTENSION_OID}.{i}" for i in range(1, 8))
+_TOP_REQUIRED = frozenset(f"{SGX_EXTENSION_OID}.{i}" for i in range(1, 6))
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,12 +303,7 @@ def parse_sgx_extension(der_bytes: bytes) -> PckExtensions:
         raise der.fail(f"{len(der_bytes) - end} bytes after the extension's SEQUENCE", end)
     top = _pairs(der, start, end, root)
     p = root + "."
-    _only(
-        top,
-        {p + str(i) for i in range(1, 8)},
-        {p + "1", p + "2", p + "3", p + "4", p + "5"},
-        root,
-    )
+    _only(top, _TOP_ALLOWED, _TOP_REQUIRED, root)
 
     vs, ve = _value(der, top[p + "1"], _OCTET_STRING, p + "1")
     ppid = der.octets(vs, ve, p + "1 (PPID)", 16)
@@ -316,7 +313,7 @@ def parse_sgx_extension(der_bytes: bytes) -> PckExtensions:
     fast = _TCB_TEMPLATE.fullmatch(data, vs, ve)
     if fast is not None:
         values = fast.groups()
-        ints = [int.from_bytes(values[k] or values[k + 1], "big") for k in range(0, 34, 2)]
+        ints = [int.from_bytes(value, "big") for value in values[:34] if value is not None]
         svns, pcesvn, cpusvn = ints[:16], ints[16], values[34]
     else:
         svns, pcesvn, cpusvn = _tcb_generic(der, vs, ve, tcb_oid)

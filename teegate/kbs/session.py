@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -114,9 +115,15 @@ class SessionState:
 
     def set_cookie_header(self, value: str, *, secure: bool) -> str:
         """The ``Set-Cookie`` value for this session."""
-        expires = formatdate(self.expires_at, usegmt=True)
+        expires = _http_date(self.expires_at)
         attrs = f"{SESSION_COOKIE}={value}; Expires={expires}; Path=/kbs/v0; HttpOnly; SameSite=Strict"
         return attrs + ("; Secure" if secure else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _http_date(timestamp: int) -> str:
+    """RFC 7231 date of ``timestamp`` (sessions started in the same second share one)."""
+    return formatdate(timestamp, usegmt=True)
 
 
 def _b64url(data: bytes) -> str:

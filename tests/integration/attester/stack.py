@@ -17,16 +17,11 @@ import httpx
 
 from teegate.kbs.admin_client import AdminClient
 from teegate.kbs.storage.base import ResourcePath
+from tests.netutil import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 VENV_BIN = Path(sys.executable).parent
 DEPLOY = REPO / "deploy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tool_env(**extra: str) -> dict[str, str]:

@@ -170,7 +170,7 @@ async def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
 async def test_tls_verified_by_default(
     vectors: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from .fake_pcs import self_signed
+    from tests.netutil import self_signed
 
     cert, key = self_signed(tmp_path)
     tdx = CollateralKey("tdx", "00806F050000", "platform")

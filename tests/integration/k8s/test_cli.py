@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.netutil import free_port, self_signed
+
 from .fakeroot import make_sgx_tdx_host
 from .kubelet import FakeKubelet
-from .tlsutil import free_port, self_signed
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from starlette.routing import Route
 from teegate.k8s.deviceplugin.node import KubernetesNodeReporter
 from teegate.k8s.deviceplugin.resources import PluginSettings
 from teegate.k8s.deviceplugin.server import DevicePluginManager
+from tests.netutil import free_port
 
 from .fakeroot import make_sgx_tdx_host, write
-from .tlsutil import free_port
 
 pytestmark = pytest.mark.integration
 

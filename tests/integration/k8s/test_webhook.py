@@ -17,9 +17,9 @@ import uvicorn
 
 from teegate.k8s.webhook.app import MUTATE_PATH, create_app
 from teegate.k8s.webhook.mutate import WebhookSettings
+from tests.netutil import free_port, self_signed
 
 from .jsonpatch import apply
-from .tlsutil import free_port, self_signed
 
 pytestmark = pytest.mark.integration
 

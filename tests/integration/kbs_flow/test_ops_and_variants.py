@@ -283,7 +283,7 @@ def test_cli_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
 
 
 def test_cli_serve_tls_with_config(tmp_path: Path) -> None:
-    from tests.integration.kbs_storage.tls import self_signed
+    from tests.netutil import self_signed
 
     cert, key = self_signed(tmp_path)
     port = _port()

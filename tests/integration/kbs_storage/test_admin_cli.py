@@ -285,7 +285,7 @@ def test_mint_token(tmp_path: Path) -> None:
 def test_https_with_cert_file(token_file: Path, tmp_path: Path) -> None:
     import ssl
 
-    from tests.integration.kbs_storage.tls import self_signed
+    from tests.netutil import self_signed
 
     cert_file, key_file = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -35,8 +35,8 @@ from teegate.kbs.storage.base import (
 from teegate.kbs.storage.directory import DirectoryResourceStore
 from teegate.kbs.storage.sql import SqlState, open_postgres, open_sqlite
 from teegate.kbs.storage.vault import VaultResourceStore
-from tests.integration.kbs_storage.tls import self_signed
 from tests.integration.kbs_storage.vault_server import FakeVault
+from tests.netutil import self_signed
 from tests.pg import PostgresServer, postgres_server
 
 __all__ = ["postgres_server"]

@@ -28,6 +28,7 @@ from teegate.kbs.admin_auth import load_or_create_admin_key, mint_admin_token
 from teegate.kbs.paths import admin_key_path
 from teegate.kbs.token import TOKEN_KEY_FILENAME, load_or_create_token_key
 from teegate.sim import SimPlatform
+from tests.netutil import free_port
 from tests.pg import PostgresServer
 
 __all__ = ["RESOURCE_POLICY", "Daemon", "Topology", "free_port"]
@@ -54,12 +55,6 @@ allow if {
 
 reasons contains "not an up-to-date, non-debug TDX guest with a bound TEE key" if not allow
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

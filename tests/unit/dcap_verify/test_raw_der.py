@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
@@ -23,6 +24,7 @@ from teegate.dcap.certs import (
     load_crl,
     load_crl_der,
     load_pem_chain,
+    raw_signature_to_der,
     verify_chain,
     verify_crl,
 )
@@ -287,3 +289,81 @@ def test_cert_info_refuses_non_der(pki: _Pki) -> None:
     for bad in (b"\x30\x80\x00\x00", der + b"\x00", der[:-1], b"\x31" + der[1:]):
         with pytest.raises(certs._DerError):
             CertInfo(pki.root, bad)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes(64),
+        b"\x80" + bytes(63),
+        bytes(31) + b"\x01" + bytes(31) + b"\x7f",
+        b"\xff" * 64,
+        bytes(range(64)),
+        bytes(range(128, 192)),
+    ],
+)
+def test_raw_signature_to_der_is_canonical(raw: bytes) -> None:
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    assert raw_signature_to_der(raw) == encode_dss_signature(r, s)
+    assert decode_dss_signature(raw_signature_to_der(raw)) == (r, s)
+
+
+def _ca_flag(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def test_raw_basic_constraints_agree_with_cryptography(real: Vector, pki: _Pki) -> None:
+    quote = parse_quote(real.raw)
+    memo = CertMemo()
+    found = list(load_pem_chain(quote.pck_chain_pem, "pck", cache=memo))
+    found += load_pem_chain(real.collateral.tcb_info_issuer_chain, "tcb", cache=memo)
+    found += [pki.root, pki.ca, pki.leaf()]
+    key = ec.generate_private_key(ec.SECP256R1())
+    base = (
+        x509.CertificateBuilder()
+        .subject_name(_name("x"))
+        .issuer_name(_name("x"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=1))
+    )
+    found.append(base.sign(key, hashes.SHA256()))  # no extensions at all
+    found.append(
+        base.add_extension(x509.BasicConstraints(ca=True, path_length=3), critical=True).sign(
+            key, hashes.SHA256()
+        )
+    )
+    found.append(
+        base.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False).sign(
+            key, hashes.SHA256()
+        )
+    )
+    decided = 0
+    for cert in found:
+        info = memo.info(cert)
+        raw = info.raw_is_ca()
+        assert raw is None or raw == _ca_flag(cert), cert.subject
+        decided += raw is not None
+        assert certs._is_ca(info) == _ca_flag(cert)
+    assert decided == len(found)  # plain certificates never need the fallback
+
+
+def test_raw_basic_constraints_decline_oddities(pki: _Pki) -> None:
+    info = cert_info(pki.ca)
+    der = info.der
+    bc = der.index(bytes.fromhex("0603551d13"))
+    # cA encoded as an explicit FALSE is not DER: the raw reader declines, cryptography decides.
+    value = der.index(b"\x30\x03\x01\x01\xff", bc) + 2
+    odd = CertInfo(pki.ca, der[:value] + b"\x01\x01\x00" + der[value + 3 :])
+    assert odd.raw_is_ca() is None
+    critical = der.index(b"\x01\x01\xff", bc)  # the extension's critical flag
+    assert critical < value
+    odd = CertInfo(pki.ca, der[:critical] + b"\x01\x01\x00" + der[critical + 3 :])
+    assert odd.raw_is_ca() is None
+    truncated = CertInfo(pki.ca, der)
+    truncated._rest = (truncated._rest[0], truncated._rest[1] - 1)
+    assert truncated.raw_is_ca() is None

@@ -251,3 +251,15 @@ async def test_init_data_claims_feed_identifiers_extension(engine: PolicyEngine)
             "value": {"validated": {"container_images": ["nginx"], "container_uids": [0]}},
         }
     ]
+
+
+async def test_explain_false_skips_only_the_reasons(engine: PolicyEngine) -> None:
+    explained = await engine.appraise("tdx", tdx_claims(debug=True))
+    quick = await engine.appraise("tdx", tdx_claims(debug=True), explain=False)
+    assert "TD is in debug mode (td_attributes.debug)" in explained.explanation["reasons"]
+    assert quick.explanation["reasons"] is None
+    assert (quick.status, quick.trust_vector, quick.ear_submod()) == (
+        explained.status,
+        explained.trust_vector,
+        explained.ear_submod(),
+    )

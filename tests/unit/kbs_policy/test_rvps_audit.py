@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from teegate.kbs.audit import AuditLog, claims_digest, measurement_of
+from teegate.kbs.audit import AuditLog, AuditRecord, claims_digest, measurement_of
 from teegate.kbs.rvps import MAX_RVPS_VALUES_PER_MESSAGE, Rvps, RvpsError, parse_message
 from teegate.kbs.storage import ReferenceValueNotFound, Storage
 from teegate.kbs.storage.base import ValueTooLarge
@@ -130,3 +131,16 @@ def test_audit_records_denials_in_a_bounded_ring(caplog: pytest.LogCaptureFixtur
     assert audit.recent_denials(2) == [refused, recent[0]]
     with pytest.raises(ValueError):
         audit.record("secret", verdict="x")  # type: ignore[arg-type]
+
+
+def test_audit_record_json_covers_every_field_and_takes_a_given_digest() -> None:
+    audit = AuditLog(logger=logging.getLogger("teegate.test.audit.silent"))
+    logging.getLogger("teegate.test.audit.silent").setLevel(logging.CRITICAL)  # no line is built
+    claims = {"submods": {"cpu0": {"ear.status": "warning"}}}
+    record = audit.record(
+        "denial", tee="tdx", verdict="denied", claims=claims, claims_digest_hex="ab" * 48, reasons=["r"]
+    )
+    document = record.to_json()
+    assert set(document) == {f.name for f in dataclasses.fields(AuditRecord)}
+    assert document["claims_digest"] == "ab" * 48 and document["reasons"] == ["r"]
+    assert audit.recent_denials(1) == [record] and audit.counts == {"denial": 1}
