@@ -388,7 +388,7 @@ def _load_block(block: bytes, memo: CertMemo, what: str, index: int, error: type
         try:
             cert = x509.load_der_x509_certificate(der)
             info = CertInfo(cert, der)
-        except ValueError as exc:  # _DerError is a ValueError
+        except (ValueError, x509.InvalidVersion) as exc:  # _DerError is a ValueError, InvalidVersion not
             raise _chain_error(
                 error, what, f"certificate {index} is not a valid certificate: {exc}"
             ) from None

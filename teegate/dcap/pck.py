@@ -10,6 +10,7 @@ only, no duplicate or unknown OIDs, no bytes left over — every refusal a
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -275,7 +276,10 @@ def _pairs(der: _Der, start: int, end: int, parent: str) -> dict[str, tuple[int,
 
 
 def _only(
-    found: dict[str, tuple[int, int, int, int]], allowed: set[str], required: set[str], parent: str
+    found: dict[str, tuple[int, int, int, int]],
+    allowed: AbstractSet[str],
+    required: AbstractSet[str],
+    parent: str,
 ) -> None:
     for oid, (offset, *_rest) in found.items():
         if oid not in allowed:

@@ -373,7 +373,7 @@ def _parse_pem_chain(pem: str) -> tuple[x509.Certificate, ...]:
         raise ParseError("pck_chain", f"{count} certificates, more than {MAX_PCK_CHAIN_CERTS}")
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise ParseError("pck_chain", f"not a PEM certificate chain: {exc}") from None
     if len(certs) != count:
         raise ParseError("pck_chain", "a PEM certificate block could not be parsed")

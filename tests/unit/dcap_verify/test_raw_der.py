@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -367,3 +368,13 @@ def test_raw_basic_constraints_decline_oddities(pki: _Pki) -> None:
     truncated = CertInfo(pki.ca, der)
     truncated._rest = (truncated._rest[0], truncated._rest[1] - 1)
     assert truncated.raw_is_ca() is None
+
+
+@pytest.mark.parametrize("error", [CollateralError, ParseError])
+def test_unknown_certificate_version_is_a_clear_error(real: Vector, error: type[CollateralError]) -> None:
+    der = load_pem_chain(real.collateral.tcb_info_issuer_chain, "tcb")[0].public_bytes(Encoding.DER)
+    version = der.index(b"\xa0\x03\x02\x01\x02")
+    bad = der[: version + 4] + b"\x6a" + der[version + 5 :]
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.b64encode(bad).decode() + "\n-----END CERTIFICATE-----\n"
+    with pytest.raises(error, match="not a valid certificate"):
+        load_pem_chain(pem, "chain", error=error)
