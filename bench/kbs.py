@@ -1,19 +1,26 @@
 """KBS handshakes per second on loopback: auth + attest (simulated TDX v4 quote) + one resource.
 
-    .venv/bin/python bench/kbs.py [--seconds 5] [--clients 32] [--profile]
+    .venv/bin/python bench/kbs.py [--seconds 5] [--clients 32] [--runs 3] [--server-procs 1] [--profile]
 
-Cores: the KBS server runs in its own process pinned to CPU 0; the load generator runs pinned to
-CPU 1 (on a 2-core machine that is one core each). The generator precomputes what does not
+Cores: by default the KBS server runs in its own process pinned to CPU 0 and the load generator
+is pinned to CPU 1 (on a 2-core machine that is one core each); ``--server-procs N`` starts N KBS
+processes sharing the port (SO_REUSEPORT) on every core, beside the generator. The server runs
+under uvicorn with uvloop and httptools, no access log. The generator precomputes what does not
 depend on the nonce (TEE keys and their JWKs) and per handshake builds the runtime-data digest
-and asks the simulated platform for a quote (what a TD would do), then fetches one resource and
-checks the JWE decrypts. Requests are raw HTTP/1.1 over keep-alive connections so the generator
-spends its core on the guest's work, not on an HTTP client library.
+and asks the simulated platform for a quote (what a TD would do), then fetches one resource (the
+first handshake of each client checks that the JWE decrypts). Requests are raw HTTP/1.1 over
+keep-alive connections so the generator spends its core on the guest's work, not on an HTTP
+client library.
 
-Reported: closed-loop throughput with ``--clients`` concurrent guests; p50/p99 latency of a whole
-handshake; an open-loop run at half that rate (p50/p99 there); server CPU milliseconds per
-handshake (from /proc). Peer in the same run: the same three HTTP round trips against a trivial
-Starlette app on the same server core (the framework ceiling), so the ratio shows what the
-protocol work costs. ``--profile`` prints where the server's CPU goes (cProfile, top functions).
+Reported per run and as medians over ``--runs`` (the machine is shared: single runs are noisy):
+closed-loop throughput with ``--clients`` concurrent guests, p50/p99 latency of a whole handshake,
+an open-loop run at half that rate (p50/p99 there), server CPU milliseconds per handshake (from
+/proc), and where that CPU goes: process CPU time around each step (cookie seal/open, DCAP
+verification, attestation policy, token signing, resource policy, storage, JWE, audit; a call
+that suspended is left out and its step scaled from the others), the rest being HTTP, framework
+and parsing. Peer in the same run: the same three HTTP round trips against a bare Starlette app on
+the same server core(s) (the framework ceiling), and the KBS/peer ratio. ``--profile`` prints
+cProfile's top functions of the server instead of the step breakdown.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Literal
 from cryptography import x509
 
 from teegate.dcap.collateral import Collateral, CollateralKey
-from teegate.errors import ParseError
+from teegate.errors import CollateralUnavailable, EvidenceError, ParseError
 
 __all__ = [
     "MAX_CHAIN_BYTES",
@@ -275,3 +275,16 @@ def document_next_update(text: str, what: str) -> datetime:
 def utc(now: datetime) -> datetime:
     """``now`` as an aware UTC time (naive times are taken as UTC)."""
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def check_bundle_key(collateral: Collateral, key: CollateralKey, origin: str) -> None:
+    """Refuse (CollateralUnavailable) a bundle not for ``key``; ``origin`` names where it came from."""
+    try:
+        info = bundle_info(collateral)
+    except EvidenceError as exc:
+        raise CollateralUnavailable(f"collateral in {origin}: {exc}") from None
+    if not info.matches(key):
+        raise CollateralUnavailable(
+            f"{origin} holds collateral for {info.tee} FMSPC {info.fmspc} CA {info.ca}, "
+            f"not {key.tee} FMSPC {key.fmspc} CA {key.ca}"
+        )

@@ -27,6 +27,7 @@ from teegate.collateral._documents import (
     MAX_CHAIN_BYTES,
     MAX_DOCUMENT_BYTES,
     bundle_info,
+    check_bundle_key,
     crl_to_der,
     issuer_chain,
     signed_document,
@@ -107,7 +108,7 @@ class DirectorySource:
             qe_identity=qe.text,
             qe_identity_signature=qe.signature,
         )
-        _check_key(collateral, key, str(d))
+        check_bundle_key(collateral, key, str(d))
         return collateral
 
     async def get(self, key: CollateralKey, *, now: datetime) -> Collateral:
@@ -126,18 +127,6 @@ class DirectorySource:
                     except ValueError:
                         continue
         return keys
-
-
-def _check_key(collateral: Collateral, key: CollateralKey, origin: str) -> None:
-    try:
-        info = bundle_info(collateral)
-    except EvidenceError as exc:
-        raise CollateralUnavailable(f"collateral in {origin}: {exc}") from None
-    if not info.matches(key):
-        raise CollateralUnavailable(
-            f"{origin} holds collateral for {info.tee} FMSPC {info.fmspc} CA {info.ca}, "
-            f"not {key.tee} FMSPC {key.fmspc} CA {key.ca}"
-        )
 
 
 class BundleSource:
@@ -172,7 +161,7 @@ class BundleSource:
             collateral = Collateral.from_json(raw)
         except EvidenceError as exc:
             raise CollateralUnavailable(f"collateral bundle {path}: {exc}") from None
-        _check_key(collateral, key, str(path))
+        check_bundle_key(collateral, key, str(path))
         return collateral
 
     async def get(self, key: CollateralKey, *, now: datetime) -> Collateral:

@@ -23,7 +23,7 @@ import httpx
 from teegate.collateral._documents import (
     MAX_CHAIN_BYTES,
     MAX_DOCUMENT_BYTES,
-    bundle_info,
+    check_bundle_key,
     crl_to_der,
     issuer_chain,
     signed_document,
@@ -301,15 +301,7 @@ class PcsClient:
             qe_identity=qe,
             qe_identity_signature=qe_sig,
         )
-        try:
-            info = bundle_info(collateral)
-        except ParseError as exc:
-            raise CollateralUnavailable(f"collateral for {key} from {self.collateral_root}: {exc}") from None
-        if not info.matches(key):
-            raise CollateralUnavailable(
-                f"{self.collateral_root} answered collateral for {info.tee} FMSPC {info.fmspc} "
-                f"CA {info.ca} when asked for {key.tee} FMSPC {key.fmspc} CA {key.ca}"
-            )
+        check_bundle_key(collateral, key, self.collateral_root)
         return collateral
 
     async def pck_certificate(

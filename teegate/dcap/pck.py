@@ -30,6 +30,7 @@ __all__ = [
     "PckExtensions",
     "PckTcb",
     "collateral_key",
+    "encode_oid",
     "parse_pck_extensions",
     "parse_sgx_extension",
     "pck_ca_of",
@@ -49,7 +50,7 @@ _SEQUENCE = 0x30
 _SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
 
-def _encode_oid(dotted: str) -> bytes:
+def encode_oid(dotted: str) -> bytes:
     """DER content octets of an OBJECT IDENTIFIER (base-128 arcs, first two arcs combined)."""
     arcs = [int(a) for a in dotted.split(".")]
     out = bytearray()
@@ -64,7 +65,7 @@ def _encode_oid(dotted: str) -> bytes:
 
 
 _KNOWN_OIDS: dict[bytes, str] = {
-    _encode_oid(o): o
+    encode_oid(o): o
     for o in (
         [f"{SGX_EXTENSION_OID}.{i}" for i in range(1, 8)]
         + [f"{SGX_EXTENSION_OID}.2.{i}" for i in range(1, 19)]
@@ -83,14 +84,14 @@ def _tcb_template() -> re.Pattern[bytes]:
     """
     parts = []
     for i in range(1, 18):
-        oid = _encode_oid(f"{SGX_EXTENSION_OID}.2.{i}")
+        oid = encode_oid(f"{SGX_EXTENSION_OID}.2.{i}")
         head = bytes([_OID, len(oid)]) + oid
         one = re.escape(bytes([5 + len(oid)]) + head + b"\x02\x01") + b"([\x00-\x7f])"
         # Two content bytes: 0x00 then >= 0x80 (SVN 128..255), or for PCESVN 0x01..0x7f then any.
         second = b"(\x00[\x80-\xff])" if i <= 16 else b"(\x00[\x80-\xff]|[\x01-\x7f][\x00-\xff])"
         two = re.escape(bytes([6 + len(oid)]) + head + b"\x02\x02") + second
         parts.append(b"\x30(?:" + one + b"|" + two + b")")
-    oid = _encode_oid(f"{SGX_EXTENSION_OID}.2.18")
+    oid = encode_oid(f"{SGX_EXTENSION_OID}.2.18")
     parts.append(
         re.escape(bytes([_SEQUENCE, 20 + len(oid), _OID, len(oid)]) + oid + b"\x04\x10") + b"(.{16})"
     )

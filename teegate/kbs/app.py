@@ -142,6 +142,7 @@ class KbsMetrics:
             ["tee", "status"],
             registry=self.registry,
         )
+        self._attestation_children: dict[tuple[str, str], Any] = {}
         self.releases = Counter(
             "kbs_resource_releases", "Resources released (JWE sent).", registry=self.registry
         )
@@ -151,6 +152,16 @@ class KbsMetrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def attestation(self, tee: str, status: str) -> None:
+        """Count one attestation (label children looked up once per pair)."""
+        key = (tee, status)
+        child = self._attestation_children.get(key)
+        if child is None:
+            child = self.attestations.labels(tee, status)
+            if len(self._attestation_children) < _MAX_COUNTER_CHILDREN:
+                self._attestation_children[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
@@ -352,7 +363,7 @@ class KbsRuntime:
             raise KbsError(
                 "AttestationError", f"Attestation error: RCAR handshake Attest failed: {exc}"
             ) from None
-        self.metrics.attestations.labels(tee_name, status).inc()
+        self.metrics.attestation(tee_name, status)
         # Releases and denials get full audit records; a token issued is one structured line.
         if _log.isEnabledFor(logging.INFO):
             _log.info(

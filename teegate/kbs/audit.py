@@ -101,9 +101,13 @@ def _clip(value: Any) -> Any:
     return value
 
 
-def _evidence_by_tee(claims: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """TEE name → its claims, from token claims (submods) or from one annotated-evidence object."""
-    found: dict[str, dict[str, Any]] = {}
+_KNOWN_TEES: Final = frozenset(_MEASUREMENT) | frozenset(_EXCERPT_FIELDS)
+
+
+def _evidence_by_tee(claims: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """TEE name → its claims (read, not copied), from token claims (submods) or from one
+    annotated-evidence object."""
+    found: dict[str, Mapping[str, Any]] = {}
     submods = claims.get("submods")
     sources: list[Mapping[str, Any]] = []
     if isinstance(submods, Mapping):
@@ -114,16 +118,19 @@ def _evidence_by_tee(claims: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     else:
         sources.append(claims)
     for evidence in sources:
-        for tee in _MEASUREMENT.keys() | _EXCERPT_FIELDS.keys():
+        for tee in _KNOWN_TEES:
             value = evidence.get(tee)
             if isinstance(value, Mapping) and tee not in found:
-                found[tee] = dict(value)
+                found[tee] = value
     return found
 
 
-def measurement_of(claims: Mapping[str, Any]) -> str | None:
+def measurement_of(
+    claims: Mapping[str, Any], *, _evidence: Mapping[str, Mapping[str, Any]] | None = None
+) -> str | None:
     """The workload measurement (TDX MRTD, SGX MRENCLAVE, sample launch digest, …) if present."""
-    for tee, value in _evidence_by_tee(claims).items():
+    evidence = _evidence_by_tee(claims) if _evidence is None else _evidence
+    for tee, value in evidence.items():
         measurement = _get(value, _MEASUREMENT.get(tee, ()))
         if isinstance(measurement, str):
             return str(_clip(measurement))
@@ -139,8 +146,11 @@ def claims_digest(claims: Mapping[str, Any]) -> str:
     return hashlib.sha384(canonical).hexdigest()
 
 
-def claims_excerpt(claims: Mapping[str, Any]) -> dict[str, Any]:
+def claims_excerpt(
+    claims: Mapping[str, Any], *, _evidence: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """The fields that explain a verdict, bounded to :data:`MAX_EXCERPT_BYTES` of JSON."""
+    evidence = _evidence_by_tee(claims) if _evidence is None else _evidence
     excerpt: dict[str, Any] = {}
     submods = claims.get("submods")
     if isinstance(submods, Mapping):
@@ -153,7 +163,7 @@ def claims_excerpt(claims: Mapping[str, Any]) -> dict[str, Any]:
             for name, submod in sorted(submods.items())
             if isinstance(submod, Mapping)
         }
-    for tee, value in sorted(_evidence_by_tee(claims).items()):
+    for tee, value in sorted(evidence.items()):
         fields = {".".join(path): _clip(_get(value, path)) for path in _EXCERPT_FIELDS.get(tee, ())}
         excerpt[tee] = {k: v for k, v in fields.items() if v is not None}
     text = json.dumps(excerpt, default=str)
@@ -239,10 +249,13 @@ class AuditLog:
         and an excerpt here; pass no secret material (resource bytes never belong here)."""
         if kind not in ("release", "denial", "attestation"):
             raise ValueError(f"audit kind {kind!r} is not release, denial or attestation")
-        excerpt = claims_excerpt(claims) if claims is not None else {}
+        excerpt: dict[str, Any] = {}
+        if claims is not None:
+            evidence = _evidence_by_tee(claims)
+            excerpt = claims_excerpt(claims, _evidence=evidence)
+            if measurement is None:
+                measurement = measurement_of(claims, _evidence=evidence)
         digest = claims_digest_hex or (claims_digest(claims) if claims is not None else None)
-        if measurement is None and claims is not None:
-            measurement = measurement_of(claims)
         with self._lock:
             self._sequence += 1
             record = AuditRecord(

@@ -6,6 +6,8 @@ output is byte-for-byte what Intel's PCK certificates carry for the same values.
 
 from __future__ import annotations
 
+from teegate.dcap.pck import encode_oid
+
 __all__ = ["boolean", "enumerated", "integer", "octet_string", "oid", "sequence"]
 
 _BOOLEAN = 0x01
@@ -52,15 +54,7 @@ def oid(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
     if len(arcs) < 2 or arcs[0] > 2:
         raise ValueError(f"not an object identifier: {dotted!r}")
-    out = bytearray()
-    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | (rest & 0x7F))
-            rest >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(_OID, bytes(out))
+    return _tlv(_OID, encode_oid(dotted))
 
 
 def sequence(*items: bytes) -> bytes:
