@@ -135,6 +135,36 @@ def _device_mapper() -> bool:
     return Path("/dev/mapper/control").exists()
 
 
+def format_luks2(cryptsetup: str, image: Path, passphrase: bytes, *, size_mib: int) -> None:
+    """Create a file-backed LUKS2 volume of ``size_mib`` MiB keyed by ``passphrase``.
+
+    PBKDF2 with 1000 iterations keeps it fast: the demo's key is 24 random bytes from the KBS,
+    not a human passphrase, so a slow KDF would add nothing.
+    """
+    with image.open("wb") as handle:
+        handle.truncate(size_mib * 1024 * 1024)
+    subprocess.run(
+        [
+            cryptsetup,
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            "-",
+            str(image),
+        ],
+        input=passphrase,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def run_demo(workdir: Path) -> str:
     """Run every step in ``workdir``; return which cryptsetup check unlocked the disk."""
     from teegate.sim import SimPlatform
@@ -173,29 +203,8 @@ def run_demo(workdir: Path) -> str:
 
         _step(3, "Encrypted disk: a file-backed LUKS2 volume (cryptsetup luksFormat)")
         image = workdir / "disk.img"
-        with image.open("wb") as handle:
-            handle.truncate(32 * 1024 * 1024)
         passphrase = base64.b64encode(secrets.token_bytes(24))
-        subprocess.run(
-            [
-                cryptsetup,
-                "luksFormat",
-                "--batch-mode",
-                "--type",
-                "luks2",
-                "--pbkdf",
-                "pbkdf2",
-                "--pbkdf-force-iterations",
-                "1000",
-                "--key-file",
-                "-",
-                str(image),
-            ],
-            input=passphrase,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        format_luks2(cryptsetup, image, passphrase, size_mib=32)
         _say(f"      {image} (LUKS2, 32 MiB); its passphrase exists only in memory and, next, in the KBS")
 
         _step(4, f"Store the passphrase in the KBS as resource {_RESOURCE} (teegate kbs admin set-resource)")

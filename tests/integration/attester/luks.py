@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from teegate.demo import format_luks2
 from tests.integration.attester.stack import dm_available
 
 
@@ -21,28 +22,7 @@ def cryptsetup() -> str:
 
 
 def make_luks2(image: Path, passphrase: bytes, size_mib: int = 20) -> None:
-    with image.open("wb") as handle:
-        handle.truncate(size_mib * 1024 * 1024)
-    subprocess.run(
-        [
-            cryptsetup(),
-            "luksFormat",
-            "--batch-mode",
-            "--type",
-            "luks2",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-file",
-            "-",
-            str(image),
-        ],
-        input=passphrase,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    format_luks2(cryptsetup(), image, passphrase, size_mib=size_mib)
 
 
 def unlock(image: Path, passphrase: bytes, name: str) -> tuple[bool, str]:
