@@ -201,6 +201,8 @@ class Store:
             raise ApiError(422, "Invalid", "metadata.name: Required value")
         if res.namespaced and meta.get("namespace", ns) != ns:
             raise ApiError(400, "BadRequest", "the namespace of the object does not match the request")
+        if res.namespaced and ("", "namespaces", "", ns) not in self.objects:
+            raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
         key = (res.group, res.plural, ns, name)
         if key in self.objects:
             raise ApiError(409, "AlreadyExists", f'{res.plural}.{res.group or "core"} "{name}" already exists')
@@ -358,6 +360,9 @@ class FakeApiServer:
         self.store = Store()
         for res in BUILTIN:
             self.store.register(res)
+        namespaces = self.store.resources[("", "v1", "namespaces")]
+        for ns in ("default", "kube-system"):
+            self.store.create(namespaces, "", {"metadata": {"name": ns}})
         for path in crd_paths:
             crd = yaml.safe_load(path.read_text())
             for res in resource_from_crd(crd):
@@ -574,9 +579,9 @@ class FakeApiServer:
                         await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
                     except TimeoutError:
                         pass
-        except (ConnectionResetError, asyncio.CancelledError):
-            return resp
-        await resp.write_eof()
+            await resp.write_eof()
+        except ConnectionResetError:  # the client went away (aiohttp's reset error subclasses it)
+            pass
         return resp
 
     async def _item(self, request: web.Request, res: ApiResource, ns: str, name: str, sub: str) -> web.StreamResponse:
