@@ -35,6 +35,7 @@ from teegate.kbs.protocol import TeePubKey
 
 __all__ = [
     "JWE_MEMBERS",
+    "MAX_JWE_CIPHERTEXT_BYTES",
     "JweError",
     "decrypt",
     "encrypt",
@@ -43,8 +44,13 @@ __all__ = [
 #: Members of the flattened JWE, in Trustee's order.
 JWE_MEMBERS: Final = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 _ENC: Final = "A256GCM"
+#: Largest ciphertext decrypt() accepts: a resource of the store's largest size (1 MiB, in
+#: base64url as joserfc may count it) with room to spare; joserfc's own default is 64 KiB.
+MAX_JWE_CIPHERTEXT_BYTES: Final = 2 * 1024 * 1024
 _SAFE: Final = _jwe.JWERegistry(algorithms=["ECDH-ES+A256KW", "RSA-OAEP-256", _ENC])
 _WITH_RSA1_5: Final = _jwe.JWERegistry(algorithms=["ECDH-ES+A256KW", "RSA-OAEP-256", "RSA1_5", _ENC])
+for _registry in (_SAFE, _WITH_RSA1_5):
+    _registry.max_ciphertext_length = MAX_JWE_CIPHERTEXT_BYTES
 
 
 class JweError(EvidenceError):
@@ -147,6 +153,10 @@ def decrypt(
             result = _jwe.decrypt_compact(compact, key, registry=_WITH_RSA1_5 if allow_rsa1_5 else _SAFE)
     except (JoseError, ValueError) as exc:
         raise JweError(f"JWE does not decrypt: {exc}") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        # joserfc trusts some header shapes (an unknown "epk" curve raised KeyError; found by
+        # fuzzing): whatever a hostile KBS sends is a refusal, never a crash.
+        raise JweError(f"JWE header not usable: {type(exc).__name__}: {exc}") from None
     if result.protected.get("enc") != _ENC:
         raise JweError(f"JWE enc {result.protected.get('enc')!r} is not {_ENC}")
     return result.plaintext or b""

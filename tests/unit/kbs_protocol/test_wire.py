@@ -221,3 +221,23 @@ def test_error_bodies_bytes_and_status() -> None:
     assert status_for("PayloadTooLarge") == 413 and status_for("ServiceUnavailable") == 503
     err = KbsError("TokenNotFound", "Attestation Token not found")
     assert err.http_status == 401 and json.loads(err.body())["detail"] == "Attestation Token not found"
+
+
+def test_jwe_with_an_unknown_epk_curve_is_refused_not_a_crash() -> None:
+    """Found by fuzzing (tests/fuzz/corpus/jwe/epk-unknown-curve.json): joserfc raised KeyError."""
+    from pathlib import Path
+
+    seed = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "jwe" / "epk-unknown-curve.json"
+    hostile = json.loads(seed.read_bytes())
+    with pytest.raises(jwe.JweError, match=r"header not usable|does not decrypt"):
+        jwe.decrypt(hostile, ec.generate_private_key(ec.SECP256R1()))
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP521R1()])
+def test_jwe_carries_a_resource_of_the_largest_stored_size(curve: ec.EllipticCurve) -> None:
+    from teegate.kbs.storage.base import MAX_RESOURCE_BYTES
+
+    key = ec.generate_private_key(curve)
+    secret = bytes(range(256)) * (MAX_RESOURCE_BYTES // 256)
+    sealed = jwe.encrypt(secret, TeePubKey.from_public_key(key.public_key()))
+    assert jwe.decrypt(sealed, key) == secret
