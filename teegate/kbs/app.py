@@ -981,7 +981,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Set the resource policy (admin; {policy: base64url Rego})",
                     "security": admin_security,
                     "requestBody": json_body,
-                    "responses": {"200": ok_empty, "401": err, "403": err},
+                    "responses": {"200": ok_empty, "400": err, "401": err, "403": err, "413": err},
                 },
                 "get": {
                     "summary": "List resource policy ids (admin)",
@@ -1009,7 +1009,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Get an attestation policy's Rego text (admin)",
                     "security": admin_security,
-                    "responses": {"200": {"description": "Rego"}, "401": err, "403": err},
+                    "responses": {"200": {"description": "Rego"}, "400": err, "401": err, "403": err},
                 },
             },
             "/kbs/v0/admin/denials": {
@@ -1019,7 +1019,12 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}
                     ],
-                    "responses": {"200": {"description": "{denials: [...]}"}, "401": err, "403": err},
+                    "responses": {
+                        "200": {"description": "{denials: [...]}"},
+                        "400": err,
+                        "401": err,
+                        "403": err,
+                    },
                 },
             },
             "/kbs/v0/reference-value": {
@@ -1027,7 +1032,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Register reference values (admin; RVPS message)",
                     "security": admin_security,
                     "requestBody": json_body,
-                    "responses": {"200": ok_empty, "401": err, "403": err},
+                    "responses": {"200": ok_empty, "400": err, "401": err, "403": err, "413": err},
                 }
             },
             "/kbs/v0/reference-value/{name}": {
