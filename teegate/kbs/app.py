@@ -355,7 +355,7 @@ class KbsRuntime:
             self.metrics.attestations.labels(tee_name, "unavailable").inc()
             _log.warning("attestation: dependency unavailable (%s): %s", tee_name, exc)
             raise KbsError(
-                "ServiceUnavailable", f"collateral or storage unavailable, retry later: {exc}"
+                "ServiceUnavailable", f"collateral or storage unavailable, retry later: {_redact_urls(exc)}"
             ) from None
         except (EvidenceError, PolicyDenied) as exc:
             self.metrics.attestations.labels(tee_name, "refused").inc()
@@ -644,7 +644,7 @@ def _endpoint(
             response = _error_response(exc)
         except CollateralUnavailable as exc:
             response = _error_response(
-                KbsError("ServiceUnavailable", f"dependency unavailable, retry later: {exc}")
+                KbsError("ServiceUnavailable", f"dependency unavailable, retry later: {_redact_urls(exc)}")
             )
         except TeegateError as exc:
             response = _error_response(KbsError("AttestationError", str(exc)))
@@ -776,6 +776,17 @@ def _error_ref() -> dict[str, Any]:
         "description": "Trustee error body",
         "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\",;)]+", re.IGNORECASE)
+
+
+def _redact_urls(exc: BaseException) -> str:
+    """The error text for a client: internal addresses (PCCS, PostgreSQL, Vault URLs) removed.
+
+    The full text goes to the server log only.
+    """
+    return _URL.sub("<internal service>", str(exc))
 
 
 def openapi_document() -> dict[str, Any]:

@@ -140,6 +140,8 @@ def test_cached_collateral_serves_uncached_platform_503(setup: Setup) -> None:
     detail = response.json()["detail"]
     # The reason names what is missing (the collateral item, its source) and that it is retryable.
     assert "collateral" in detail and "retry" in detail and "unreachable" in detail, detail
+    # ...but not where the internal collateral service lives: that is for the server log.
+    assert "http://" not in detail and "127.0.0.1" not in detail, detail
     # The unattested session never releases anything.
     refused = guest.resource(setup.url, RESOURCE)
     assert refused.status_code == 401 and error_type(refused) == "TokenNotFound", refused.text
