@@ -8,6 +8,7 @@ fooled by a delete followed by a re-create.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import sqlite3
@@ -104,23 +105,28 @@ _DELETE_RV = "DELETE FROM kbs_reference_values WHERE name = ? RETURNING 1"
 _LIST_RV = "SELECT name FROM kbs_reference_values ORDER BY name LIMIT ?"
 
 
-class _Executor:
+class _Executor(abc.ABC):
     """How a state object runs one statement; SQLite and PostgreSQL differ only here."""
 
+    @abc.abstractmethod
     async def read_one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        raise NotImplementedError
+        """Backend-specific."""
 
+    @abc.abstractmethod
     async def read_all(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Backend-specific."""
 
+    @abc.abstractmethod
     async def write_one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        raise NotImplementedError
+        """Backend-specific."""
 
+    @abc.abstractmethod
     async def execute(self, sql: str, params: Sequence[Any]) -> None:
-        raise NotImplementedError
+        """Backend-specific."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Backend-specific."""
 
 
 def _limited(rows: list[tuple[Any, ...]], what: str) -> list[tuple[Any, ...]]:

@@ -5,6 +5,7 @@ Holds collateral items as PCS serves them, and registered platforms.
 
 from __future__ import annotations
 
+import abc
 import json
 import sqlite3
 import threading
@@ -52,17 +53,19 @@ class Item:
     next_update: datetime
 
 
-class SqlStore:
+class SqlStore(abc.ABC):
     """Queries shared by the SQLite and PostgreSQL stores (``?`` placeholders, upserts)."""
 
     path: str
     _lock: threading.Lock
 
+    @abc.abstractmethod
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Backend-specific."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Backend-specific."""
 
     def put(self, item: Item, now: datetime) -> None:
         self._run(
