@@ -8,7 +8,8 @@ and background garbage collection through ``ownerReferences`` (what kube-control
 
 Deliberate simplifications, each one stated:
 
-* No authentication or authorisation: the server listens on 127.0.0.1 only, for one test.
+* TLS with a throw-away CA (clients verify it); no authentication or authorisation: the server
+  listens on 127.0.0.1 only, for one test.
 * No OpenAPI schema validation; only the CRD's top-level ``spec`` defaults are applied.
 * Server-side apply (``application/apply-patch+yaml``) creates the object or merges the applied
   configuration into it like a JSON merge patch (no managed-fields bookkeeping);
@@ -19,18 +20,25 @@ Deliberate simplifications, each one stated:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import ipaddress
 import json
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 MAX_BODY = 1 << 20  # request bodies above this are refused (413)
 WATCH_MAX_SECONDS = 300
@@ -51,10 +59,6 @@ class ApiResource:
     def group_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    @property
-    def custom(self) -> bool:
-        return bool(self.spec_defaults) or self.group not in ("", "apps", "apiextensions.k8s.io")
-
 
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -66,7 +70,13 @@ BUILTIN = (
     ApiResource("", "v1", "events", "Event", True, "event"),
     ApiResource("apps", "v1", "deployments", "Deployment", True, "deployment", ("status",)),
     ApiResource(
-        "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, "", ("status",)
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        "",
+        ("status",),
     ),
 )
 
@@ -167,7 +177,7 @@ class Store:
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     log: list[_Event] = field(default_factory=list)
     rv: int = 1
-    requests: list[tuple[str, str]] = field(default_factory=list)
+    requests: list[tuple[str, str, str, str]] = field(default_factory=list)  # method, path, type, agent
 
     def register(self, res: ApiResource) -> None:
         self.resources[(res.group, res.version, res.plural)] = res
@@ -205,7 +215,9 @@ class Store:
             raise ApiError(404, "NotFound", f'namespaces "{ns}" not found')
         key = (res.group, res.plural, ns, name)
         if key in self.objects:
-            raise ApiError(409, "AlreadyExists", f'{res.plural}.{res.group or "core"} "{name}" already exists')
+            raise ApiError(
+                409, "AlreadyExists", f'{res.plural}.{res.group or "core"} "{name}" already exists'
+            )
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = res.group_version, res.kind
         meta = obj["metadata"]
@@ -264,7 +276,9 @@ class Store:
                     merged.pop("status", None)
             added = set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
             if "deletionTimestamp" in meta and added:
-                raise ApiError(422, "Invalid", "metadata.finalizers: Forbidden: no new finalizers can be added")
+                raise ApiError(
+                    422, "Invalid", "metadata.finalizers: Forbidden: no new finalizers can be added"
+                )
             changed = {k: v for k, v in merged.items() if k not in ("metadata", "status")} != {
                 k: v for k, v in old.items() if k not in ("metadata", "status")
             }
@@ -353,10 +367,61 @@ def _selector_filter(query: Any) -> Any:
     return ok
 
 
-class FakeApiServer:
-    """The stand-in, served by aiohttp on 127.0.0.1 in its own thread (``start``/``stop``)."""
+def make_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A throw-away CA and a serving certificate for 127.0.0.1; returns the server context and CA path."""
+    now = datetime.now(UTC)
 
-    def __init__(self, crd_paths: list[Path]) -> None:
+    def cert(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None,
+        signer: ec.EllipticCurvePrivateKey,
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(hours=1))
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("stand-in-ca", ca_key, None, ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert("kube-apiserver", key, ca.subject, ca_key)
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "apiserver.pem",
+        directory / "apiserver.key",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx, ca_path
+
+
+class FakeApiServer:
+    """The stand-in, served by aiohttp over TLS on 127.0.0.1 in its own thread (``start``/``stop``)."""
+
+    def __init__(self, crd_paths: list[Path], tls_dir: Path) -> None:
+        self._ssl, self.ca_path = make_tls(tls_dir)
         self.store = Store()
         for res in BUILTIN:
             self.store.register(res)
@@ -378,7 +443,7 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -391,11 +456,9 @@ class FakeApiServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
 
     def stop(self) -> None:
         async def _stop() -> None:
@@ -430,12 +493,13 @@ class FakeApiServer:
 
     # -- HTTP --------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.store.requests.append((request.method, request.path_qs))
+        agent = request.headers.get("User-Agent", "")
+        self.store.requests.append((request.method, request.path_qs, request.content_type, agent))
         try:
             return await self._route(request)
         except ApiError as exc:
             return web.json_response(exc.status(), status=exc.code)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
             err = ApiError(400, "BadRequest", f"malformed request: {exc!r}")
             return web.json_response(err.status(), status=400)
 
@@ -445,7 +509,13 @@ class FakeApiServer:
             if (r.group, r.version) != (group, version):
                 continue
             resources.append(
-                {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": _VERBS}
+                {
+                    "name": r.plural,
+                    "singularName": r.singular,
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
+                    "verbs": _VERBS,
+                }
             )
             for sub in r.subresources:
                 resources.append(
@@ -459,7 +529,12 @@ class FakeApiServer:
                 )
         if not resources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}".lstrip("/"), "resources": resources}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}".lstrip("/"),
+            "resources": resources,
+        }
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
@@ -575,16 +650,16 @@ class FakeApiServer:
                 if remaining <= 0:
                     break
                 async with self._changed:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
-                    except TimeoutError:
-                        pass
             await resp.write_eof()
         except ConnectionResetError:  # the client went away (aiohttp's reset error subclasses it)
             pass
         return resp
 
-    async def _item(self, request: web.Request, res: ApiResource, ns: str, name: str, sub: str) -> web.StreamResponse:
+    async def _item(
+        self, request: web.Request, res: ApiResource, ns: str, name: str, sub: str
+    ) -> web.StreamResponse:
         store = self.store
         if request.method == "GET":
             return web.json_response(store.get(res, ns, name))
@@ -609,7 +684,13 @@ class FakeApiServer:
             "application/strategic-merge-patch+json",
             "application/json-patch+json",
         ):
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+            raise ApiError(
+                415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
+            )
         current = store.get(res, ns, name)
-        patched = json_patch(current, body) if ctype == "application/json-patch+json" else merge_patch(current, body)
+        patched = (
+            json_patch(current, body)
+            if ctype == "application/json-patch+json"
+            else merge_patch(current, body)
+        )
         return await self._mutate(lambda s: s.update(res, ns, name, patched, subresource=sub, check_rv=True))
