@@ -138,7 +138,7 @@ def crl_to_der(data: bytes, what: str) -> bytes:
     if stripped.startswith(b"-----BEGIN X509 CRL-----"):
         try:
             crl = x509.load_pem_x509_crl(stripped)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ParseError(what, f"bad PEM CRL: {exc}") from None
         from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -152,7 +152,7 @@ def crl_to_der(data: bytes, what: str) -> bytes:
         der = data
     try:
         x509.load_der_x509_crl(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(what, f"not a DER, PEM or hex CRL: {exc}") from None
     return der
 
@@ -168,7 +168,7 @@ def issuer_chain(text: str | bytes, what: str) -> str:
             raise ParseError(what, "not ASCII PEM") from None
     try:
         certs = x509.load_pem_x509_certificates(text.encode())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(what, f"not a PEM certificate chain: {exc}") from None
     if len(certs) > MAX_CHAIN_CERTS:
         raise ParseError(what, f"{len(certs)} certificates, more than MAX_CHAIN_CERTS ({MAX_CHAIN_CERTS})")
@@ -217,7 +217,7 @@ def _json_time(obj: dict[str, object], name: str, what: str) -> datetime:
 def _crl_next_update(der: bytes, what: str) -> tuple[datetime, x509.CertificateRevocationList]:
     try:
         crl = x509.load_der_x509_crl(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(what, f"not a DER CRL: {exc}") from None
     when = crl.next_update_utc
     if when is None:

@@ -211,7 +211,7 @@ def _load_roots(paths: tuple[Path, ...]) -> TrustAnchors:
     for path in paths:
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, x509.InvalidVersion) as exc:
             _fail(EXIT_BAD_INPUT, f"--trust-root {path}: not a readable PEM certificate ({exc})")
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):

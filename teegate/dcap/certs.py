@@ -432,7 +432,7 @@ def load_crl_der(data: str | bytes, what: str) -> tuple[x509.CertificateRevocati
         if set(body) <= _HEX_DIGITS:
             der = binascii.unhexlify(body)
             return x509.load_der_x509_crl(der), der
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, x509.InvalidVersion) as exc:
         raise CollateralError(f"{what}: malformed CRL: {exc}") from None
     raise CollateralError(f"{what}: not a CRL (expected DER, PEM 'X509 CRL' or hex of DER)")
 

@@ -359,7 +359,7 @@ def load_public_keys_pem(data: bytes, *, source: str = "PEM") -> tuple[AdminPubl
                 key = serialization.load_pem_public_key(pem)
             else:
                 raise AdminKeyFileError(f"{source}: PEM block {label.decode()!r} is not a public key")
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise AdminKeyFileError(f"{source}: cannot parse PEM public key: {exc}") from None
         if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             raise AdminKeyFileError(f"{source}: key type {type(key).__name__} is not Ed25519, P-256 or RSA")

@@ -226,7 +226,7 @@ def _load_trusted_keys(paths: tuple[Path, ...]) -> list[ec.EllipticCurvePublicKe
                 if b"CERTIFICATE" in data
                 else (serialization.load_pem_public_key(data))
             )
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ConfigError(f"trusted token key {path}: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise ConfigError(f"trusted token key {path} must be an EC P-256 key (ES256 tokens)")

@@ -143,7 +143,7 @@ def load_cert_chain(path: Path, key: ec.EllipticCurvePrivateKey) -> list[str]:
     """The ``x5c`` list (base64 DER) of a PEM chain whose first certificate holds ``key``."""
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes()[: 1024 * 1024])
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, x509.InvalidVersion) as exc:
         raise ConfigError(f"token certificate chain {path}: {exc}") from None
     leaf_key = certs[0].public_key()
     if (

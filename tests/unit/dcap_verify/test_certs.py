@@ -176,3 +176,12 @@ def test_der_crl_whose_signature_ends_in_a_strippable_byte(last: int) -> None:
     assert load_crl(der + b"\x00\x00", "nul-padded") == crl
     with pytest.raises(CollateralError, match="unexpected bytes after"):
         load_crl(der + b"\x01", "garbage-padded")
+
+
+def test_crl_with_an_invalid_version_is_a_collateral_error(real: Vector) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for version 0: found by hypothesis."""
+    der = bytearray(real.collateral.root_ca_crl)
+    start = der.index(b"\x02\x01\x01")  # tbsCertList.version INTEGER 1 (v2)
+    der[start + 2] = 0
+    with pytest.raises(CollateralError, match="malformed CRL"):
+        load_crl(bytes(der), "root CA CRL")
