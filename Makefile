@@ -33,6 +33,7 @@ integration: venv apt
 
 test: apt venv
 	$(VENV)/bin/ruff check teegate tests bench
+	$(VENV)/bin/ruff format --check teegate tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 

@@ -116,7 +116,10 @@ async def test_wrong_fmspc_answer_refused(vectors: Path) -> None:
     ]
     with (
         serve(fake.app()) as url,
-        pytest.raises(CollateralUnavailable, match="holds collateral for tdx FMSPC 00806F050000 CA platform, not tdx FMSPC 111111111111"),
+        pytest.raises(
+            CollateralUnavailable,
+            match="holds collateral for tdx FMSPC 00806F050000 CA platform, not tdx FMSPC 111111111111",
+        ),
     ):
         await PcsClient(url).get(CollateralKey("tdx", "111111111111", "platform"), now=NOW)
 
