@@ -6,29 +6,59 @@ Evidence shapes as guest-components sends them: TDX ``{"cc_eventlog": <b64|null>
 in-memory memo (one fetch per platform per ``collateral_ttl``), so a warm KBS verifies a quote
 with no I/O. A simulated quote verifies only when the verifier's anchors include the simulated
 root (``SimPlatform.anchor()``), which only the ``sim`` configuration adds.
+
+A TDX ``cc_eventlog`` is parsed (``teegate.dcap.eventlog``) and replayed into RTMR 0..3; evidence
+whose replayed RTMRs differ from the quote's is refused, otherwise the events become the
+``uefi_event_logs`` claim (shared/spec/kbs-protocol.md §3.4).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import time
 from datetime import datetime
 from typing import Any, Final
 
 from teegate.collateral.source import CollateralSource
 from teegate.dcap.collateral import Collateral, CollateralKey
+from teegate.dcap.eventlog import MAX_EVENTLOG_BYTES, eventlog_claims, parse_cc_eventlog, replay_rtmrs
 from teegate.dcap.pck import collateral_key
-from teegate.dcap.quote import decode_quote_text, parse_quote
+from teegate.dcap.quote import Quote, TdReport10, decode_quote_text, parse_quote
 from teegate.dcap.verify import QuoteVerifier, verdict_claims
 from teegate.errors import ParseError, VerificationError
 from teegate.kbs.protocol import REPORT_DATA_BYTES, Tee
 from teegate.verifiers.base import MAX_EVIDENCE_CHARS, VerifiedEvidence
 
-__all__ = ["DEFAULT_COLLATERAL_TTL_SECONDS", "DcapVerifier"]
+__all__ = ["DEFAULT_COLLATERAL_TTL_SECONDS", "MAX_CC_EVENTLOG_CHARS", "DcapVerifier"]
 
 #: How long fetched collateral is reused before asking the source again.
 DEFAULT_COLLATERAL_TTL_SECONDS: Final = 600.0
 _MAX_MEMO: Final = 256
+#: Longest base64 text of a TDX ``cc_eventlog`` (a whole CCEL area of MAX_EVENTLOG_BYTES fits).
+MAX_CC_EVENTLOG_CHARS: Final = 4 * ((MAX_EVENTLOG_BYTES + 2) // 3)
+
+
+def _eventlog_claims(text: str, quote: Quote) -> list[dict[str, Any]]:
+    """Parse and replay ``cc_eventlog``; refuse it unless it reproduces the quote's RTMRs."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ParseError("tdx evidence.cc_eventlog", f"is not standard base64: {exc}") from None
+    log = parse_cc_eventlog(raw)
+    body = quote.body
+    if not isinstance(body, TdReport10):  # unreachable: the caller checked quote.tee == "tdx"
+        raise VerificationError("TEE_MISMATCH", "cc_eventlog sent with a quote that has no RTMRs")
+    for i, (replayed, quoted) in enumerate(zip(replay_rtmrs(log), body.rtmrs, strict=True)):
+        if not hmac.compare_digest(replayed, quoted):
+            raise VerificationError(
+                "EVENTLOG_RTMR_MISMATCH",
+                f"replaying cc_eventlog gives RTMR{i} {replayed.hex()} but the quote has {quoted.hex()}; "
+                "the event log does not belong to this TD or was altered",
+            )
+    return eventlog_claims(log)
 
 
 class _CollateralMemo:
@@ -99,10 +129,14 @@ class DcapVerifier:
             raise ParseError(f"{name} evidence.quote", f"longer than {MAX_EVIDENCE_CHARS} characters")
         if self.tee is Tee.TDX:
             eventlog = evidence.get("cc_eventlog")
-            if eventlog is not None and (not isinstance(eventlog, str) or len(eventlog) > MAX_EVIDENCE_CHARS):
+            if eventlog is not None and (
+                not isinstance(eventlog, str) or len(eventlog) > MAX_CC_EVENTLOG_CHARS
+            ):
                 raise ParseError(
-                    "tdx evidence.cc_eventlog", f"must be base64 of at most {MAX_EVIDENCE_CHARS} chars"
+                    "tdx evidence.cc_eventlog", f"must be base64 of at most {MAX_CC_EVENTLOG_CHARS} chars"
                 )
+        else:
+            eventlog = None
         quote = parse_quote(decode_quote_text(text))
         if quote.tee != name:
             raise VerificationError(
@@ -117,6 +151,8 @@ class DcapVerifier:
         collateral = await self._memo.get(key, now)
         verdict = self._verifier.verify(quote, collateral, now=now)
         claims = verdict_claims(verdict)
+        if eventlog:  # null or "" (no event log) → as before
+            claims["uefi_event_logs"] = _eventlog_claims(eventlog, quote)
         init_data = claims.get("init_data")
         return VerifiedEvidence(
             tee=self.tee,
