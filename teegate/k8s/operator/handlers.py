@@ -147,11 +147,6 @@ def register_handlers(applier_factory: Any = KubernetesApplier) -> None:
             generation=meta.get("generation"),
         )
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-    def _deleted(*, name: str, namespace: str | None, **_: Any) -> None:
-        # Owned objects carry ownerReferences; the garbage collector removes them.
-        _log.info(
-            "KbsConfig %s/%s deleted; owned Deployment, Service and Secret are garbage-collected",
-            namespace,
-            name,
-        )
+    # No delete handler: every object the operator creates carries an ownerReference to its
+    # KbsConfig, so Kubernetes' garbage collector removes them; a finalizer would only block
+    # deletion while the operator is down.

@@ -193,7 +193,7 @@ def test_operator_reconciles_kbsconfig_lifecycle(apiserver: FakeApiServer, http:
         assert "kbsPostgresSecretName" in cond["message"]
         assert _get(apiserver, "apps", "deployments", "bad") is None
 
-        # Delete. The operator holds no finalizer (its delete handler is optional, so kopf never
+        # Delete. The operator holds no finalizer (it has no delete handler, so kopf never
         # blocks deletion): another controller's finalizer keeps the object with deletionTimestamp
         # until released; then the owned objects follow through their ownerReferences.
         live = _get(apiserver, "teegate.io", "kbsconfigs", "kbs")
