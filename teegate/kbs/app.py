@@ -332,7 +332,10 @@ class KbsRuntime:
                     "the nonce in the handshake session is different from the client side in KBS protocol's "
                     "Attestation message"
                 )
-            if not self.ledger.consume(state.id, state.expires_at, now=now):
+            shared = self.storage.challenges if self.storage is not None else None
+            if not self.ledger.consume(state.id, state.expires_at, now=now) or (
+                shared is not None and not await shared.consume(state.id, state.expires_at, now=now)
+            ):
                 raise EvidenceError(
                     "this challenge was already used for an attestation; call /kbs/v0/auth again"
                 )

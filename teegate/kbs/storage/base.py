@@ -31,6 +31,7 @@ __all__ = [
     "MAX_SEGMENT_CHARS",
     "RESOURCE_POLICY_ID",
     "Backend",
+    "ChallengeLedgerStore",
     "InvalidName",
     "NotFoundError",
     "PolicyKind",
@@ -446,12 +447,18 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class Storage:
-    """The three stores a KBS needs, plus a close hook for their connections."""
+    """The three stores a KBS needs, plus a close hook for their connections.
+
+    ``challenges`` is the shared one-time-challenge ledger when the state lives in a database
+    several replicas share (PostgreSQL); None when one process owns the state (SQLite), where
+    the in-process ledger is enough.
+    """
 
     resources: ResourceStore
     policies: PolicyStore
     reference_values: ReferenceValueStore
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+    challenges: ChallengeLedgerStore | None = None
 
     async def close(self) -> None:
         """Close every backend connection (idempotent per backend)."""
@@ -459,14 +466,22 @@ class Storage:
             await closer()
 
 
+class ChallengeLedgerStore(Protocol):
+    """Records consumed handshake challenges where every replica sees them."""
+
+    async def consume(self, session_id: str, expires_at: int, *, now: float) -> bool: ...
+
+
 async def open_storage(settings: StorageSettings) -> Storage:
     """Open the configured backends (creating schema/files as needed); raises StorageUnavailable."""
     from teegate.kbs.storage.sql import open_postgres, open_sqlite
 
     closers: list[Callable[[], Awaitable[None]]] = []
+    challenges: ChallengeLedgerStore | None = None
     if settings.effective_state_backend is StateBackend.POSTGRES:
         assert settings.postgres_dsn is not None  # checked in __post_init__
         state = await open_postgres(settings.postgres_dsn, pool_size=settings.postgres_pool_size)
+        challenges = state.challenge_ledger()
     else:
         state = await open_sqlite(settings.effective_sqlite_path)
     closers.append(state.close)
@@ -501,4 +516,5 @@ async def open_storage(settings: StorageSettings) -> Storage:
         policies=state.policies,
         reference_values=state.reference_values,
         closers=tuple(closers),
+        challenges=challenges,
     )

@@ -35,6 +35,7 @@ from teegate.kbs.storage.base import (
 )
 
 __all__ = [
+    "SqlChallengeLedger",
     "SqlState",
     "open_postgres",
     "open_sqlite",
@@ -58,6 +59,8 @@ _SCHEMA_SQLITE = (
         PRIMARY KEY (kind, id))""",
     """CREATE TABLE IF NOT EXISTS kbs_reference_values (
         name TEXT NOT NULL PRIMARY KEY, document BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS kbs_used_challenges (
+        id TEXT NOT NULL PRIMARY KEY, expires_at INTEGER NOT NULL)""",
 )
 
 _SCHEMA_PG = (
@@ -69,6 +72,8 @@ _SCHEMA_PG = (
         PRIMARY KEY (kind, id))""",
     """CREATE TABLE IF NOT EXISTS kbs_reference_values (
         name TEXT NOT NULL PRIMARY KEY, document BYTEA NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS kbs_used_challenges (
+        id TEXT NOT NULL PRIMARY KEY, expires_at BIGINT NOT NULL)""",
 )
 
 # Statements in a neutral form; "?" is rewritten to "%s" for psycopg.
@@ -103,6 +108,12 @@ _SET_RV = (
 )
 _DELETE_RV = "DELETE FROM kbs_reference_values WHERE name = ? RETURNING 1"
 _LIST_RV = "SELECT name FROM kbs_reference_values ORDER BY name LIMIT ?"
+_USE_CHALLENGE = (
+    "INSERT INTO kbs_used_challenges (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING RETURNING 1"
+)
+_PURGE_CHALLENGES = "DELETE FROM kbs_used_challenges WHERE expires_at < ?"
+#: Expired challenge records are purged once every this many consumptions (per replica).
+_PURGE_EVERY = 512
 
 
 class _Executor(abc.ABC):
@@ -222,6 +233,25 @@ class _SqlReferenceValues:
         return sorted(str(r[0]) for r in rows)
 
 
+class SqlChallengeLedger:
+    """One-time use of a handshake challenge across every replica sharing the database.
+
+    ``consume`` records the session id until its expiry; a second consumption anywhere fails.
+    Expired records are purged as consumptions go by.
+    """
+
+    def __init__(self, db: _Executor) -> None:
+        self._db = db
+        self._count = 0
+
+    async def consume(self, session_id: str, expires_at: int, *, now: float) -> bool:
+        """Mark ``session_id`` used; False when some replica already used it."""
+        self._count += 1
+        if self._count % _PURGE_EVERY == 0:
+            await self._db.execute(_PURGE_CHALLENGES, (int(now),))
+        return await self._db.write_one(_USE_CHALLENGE, (session_id, int(expires_at))) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class SqlState:
     """The three stores over one SQL database."""
@@ -230,6 +260,10 @@ class SqlState:
     policies: _SqlPolicies
     reference_values: _SqlReferenceValues
     _db: _Executor
+
+    def challenge_ledger(self) -> SqlChallengeLedger:
+        """The cross-replica one-time-challenge ledger over this database."""
+        return SqlChallengeLedger(self._db)
 
     async def close(self) -> None:
         """Close the connection or pool."""

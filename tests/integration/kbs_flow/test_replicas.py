@@ -14,6 +14,9 @@ from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
 from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
 from tests.integration.kbs_flow.harness import Guest, error_type, serve
+from tests.pg import PostgresServer, postgres_server
+
+__all__ = ["postgres_server"]  # the session-scoped fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -98,6 +101,58 @@ def test_replica_with_another_session_key_refuses_the_cookie(tmp_path: Path) -> 
             r = b.attest()
             assert r.status_code == 401 and error_type(r) == "AttestationError"
             assert "another replica's key" in r.json()["detail"]
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_challenge_mints_one_token_across_replicas_sharing_postgresql(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """The sealed cookie alone cannot stop a replay on another replica; the shared store does."""
+    from teegate.kbs.storage.base import Backend, StateBackend
+
+    dsn = postgres_server.dsn(postgres_server.create_database("ledger"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    key_file = shared / "session.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    from teegate.kbs.token import load_or_create_token_key
+
+    load_or_create_token_key(shared / "token-key.pem")
+
+    def replica(name: str) -> KbsSettings:
+        data = tmp_path / name
+        return KbsSettings(
+            data_dir=data,
+            storage=StorageSettings(
+                data_dir=data,
+                backend=Backend.POSTGRES,
+                state_backend=StateBackend.POSTGRES,
+                postgres_dsn=dsn,
+            ),
+            session_key_file=key_file,
+            token_key_file=shared / "token-key.pem",
+            allow_sample=True,
+            verify_tdx=False,
+            verify_sgx=False,
+            dev=True,
+        )
+
+    with serve(build_app(replica("a"))) as url_a, serve(build_app(replica("b"))) as url_b:
+        a, b = Guest(url_a), Guest(url_b, key=None)
+        try:
+            b.key, b.jwk = a.key, a.jwk
+            assert a.auth().status_code == 200
+            b.nonce = a.nonce
+            b.client.cookies = dict(a.client.cookies)  # the challenge cookie, before attesting
+            body = a.attestation(a.sample_evidence())
+            first = a.attest(body)
+            assert first.status_code == 200, first.text
+            replay = b.attest(body)  # the same challenge and evidence, on the other replica
+            assert replay.status_code == 401, replay.text
+            assert error_type(replay) == "AttestationError"
+            assert "already used" in replay.json()["detail"]
         finally:
             a.close()
             b.close()

@@ -337,3 +337,19 @@ async def test_postgres_two_replicas_and_crash_durability(postgres_server: Postg
         assert (await state.policies.get(PolicyKind.ATTESTATION, "shared")).version == 10
     finally:
         await state.close()
+
+
+async def test_challenge_ledger_one_time_and_purged(state: SqlState) -> None:
+    from teegate.kbs.storage import sql
+
+    ledger = state.challenge_ledger()
+    other = state.challenge_ledger()  # another replica over the same database
+    assert await ledger.consume("s1", 1_000, now=900.0)
+    assert not await other.consume("s1", 1_000, now=901.0)
+    assert not await ledger.consume("s1", 1_000, now=902.0)
+    # Expired records are purged as consumptions go by (every _PURGE_EVERY per replica).
+    for i in range(sql._PURGE_EVERY - 3):  # this replica: 2 calls so far, "late" is the next
+        assert await ledger.consume(f"filler-{i}", 1_000, now=950.0)
+    assert await ledger.consume("late", 5_000, now=2_000.0)  # the purge ran before this insert
+    rows = await state._db.read_all("SELECT id FROM kbs_used_challenges", ())
+    assert [r[0] for r in rows] == ["late"]
