@@ -19,7 +19,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,16 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.netutil import free_port
+
 __all__ = ["PG_BIN", "PostgresServer", "postgres_server"]
 
 PG_BIN = Path(os.environ.get("TEEGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PostgresServer:
@@ -52,7 +46,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="teegate-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres"
         self._as_root = os.geteuid() == 0
         if self._as_root:

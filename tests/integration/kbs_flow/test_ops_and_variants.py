@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from teegate.kbs.paths import admin_key_path
 from teegate.kbs.protocol import TeePubKey, device_binding_digest
 from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
 from tests.integration.kbs_flow.harness import Guest, error_type, serve
+from tests.netutil import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -176,14 +176,8 @@ def test_other_tee_key_types(kbs: tuple[str, Path], kind: str) -> None:
         guest.close()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_serve_dev(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     env = dict(os.environ, TEEGATE_DATA_DIR=str(tmp_path / "unused"))
     proc = subprocess.Popen(
         [
@@ -286,7 +280,7 @@ def test_cli_serve_tls_with_config(tmp_path: Path) -> None:
     from tests.netutil import self_signed
 
     cert, key = self_signed(tmp_path)
-    port = _port()
+    port = free_port()
     config = tmp_path / "kbs.toml"
     config.write_text(
         f'[http_server]\nsockets = ["127.0.0.1:{port}"]\n[verifiers]\nsample = true\ntdx = false\nsgx = false\n'
@@ -336,7 +330,7 @@ def test_cli_serve_tls_with_config(tmp_path: Path) -> None:
 
 
 def test_cli_serve_workers_share_sessions(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [

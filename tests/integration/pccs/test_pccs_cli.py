@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from teegate.collateral import PcsClient
 from teegate.dcap.collateral import Collateral, CollateralKey
 from teegate.sim import SimPlatform
 from tests.integration.collateral.fake_pcs import serve, teepotpcs_fake
+from tests.netutil import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 AT = "2025-06-11T19:23:55Z"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _teegate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -90,7 +83,7 @@ async def test_pccs_serve_process(tmp_path: Path) -> None:
     platform = SimPlatform.create(tmp_path / "sim")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "admin-token").write_text("t0ken-admin\n")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -150,7 +143,7 @@ def test_insecure_options_are_named(tmp_path: Path) -> None:
     assert off_loopback.insecure == ["--insecure-http: plain HTTP off loopback"]
     upstream = PccsSettings(upstream=CollateralSettings(pccs_url="http://pcs.example"), data_dir=tmp_path)
     assert upstream.insecure == ["plain HTTP upstream"]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from teegate.attester.keys import KeyAlgorithm
 from teegate.attester.providers.sample import SampleProvider
 from teegate.attester.uri import parse_resource
 from teegate.errors import ConfigError
+from tests.netutil import free_port
 from tests.unit.attester.fake_kbs import Behaviour, FakeKbs
 from tests.unit.attester.tlsutil import make_ca, server_context
 
@@ -110,15 +110,9 @@ def test_503_is_retried_with_backoff() -> None:
     assert 0.005 <= sleeps.calls[0] <= 0.01 and 0.01 <= sleeps.calls[1] <= 0.02  # doubling, jittered
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_down_kbs_exhausts_attempts() -> None:
     sleeps = Sleeps()
-    client = _client(f"http://127.0.0.1:{_free_port()}", sleep=sleeps)
+    client = _client(f"http://127.0.0.1:{free_port()}", sleep=sleeps)
     with pytest.raises(KbsUnreachable) as info:
         client.get_resource(REF)
     assert len(sleeps.calls) == 3
@@ -126,7 +120,7 @@ def test_down_kbs_exhausts_attempts() -> None:
 
 
 def test_kbs_down_then_up_succeeds_within_deadline() -> None:
-    port = _free_port()
+    port = free_port()
     kbs = FakeKbs(port=port)
     starter = threading.Timer(1.0, kbs.__enter__)
     started = time.monotonic()
@@ -145,7 +139,7 @@ def test_kbs_down_then_up_succeeds_within_deadline() -> None:
 
 def test_deadline_bounds_total_time() -> None:
     client = _client(
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{free_port()}",
         retry=RetryPolicy(attempts=1000, deadline=1.5, initial_delay=0.2, max_delay=0.2),
     )
     started = time.monotonic()
