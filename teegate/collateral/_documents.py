@@ -7,7 +7,6 @@ chains, and the earliest ``nextUpdate`` of a bundle. Errors name the document th
 
 from __future__ import annotations
 
-import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from typing import Literal
 
 from cryptography import x509
 
+from teegate.dcap.certs import load_crl_der
 from teegate.dcap.collateral import Collateral, CollateralKey
-from teegate.errors import CollateralUnavailable, EvidenceError, ParseError
+from teegate.errors import CollateralError, CollateralUnavailable, EvidenceError, ParseError
 
 __all__ = [
     "MAX_CHAIN_BYTES",
@@ -40,7 +40,6 @@ MAX_CHAIN_BYTES = 64 * 1024
 MAX_CHAIN_CERTS = 8
 
 _WS = re.compile(r"[ \t\n\r]*")
-_HEX = re.compile(rb"\A[0-9a-fA-F]+\Z")
 _DECODER = json.JSONDecoder()
 
 
@@ -131,29 +130,17 @@ def pcs_body(member: Literal["tcbInfo", "enclaveIdentity"], text: str, signature
 
 
 def crl_to_der(data: bytes, what: str) -> bytes:
-    """A CRL as DER, from DER, PEM or hex-encoded DER (PCCS serves all three); checked to parse."""
+    """A CRL as DER, from DER, PEM or hex-encoded DER (PCCS serves all three); checked to parse.
+
+    The decoding is the verifier's own (:func:`teegate.dcap.certs.load_crl_der`), so a source
+    accepts exactly what verification will.
+    """
     if len(data) > MAX_DOCUMENT_BYTES:
         raise ParseError(what, f"larger than MAX_DOCUMENT_BYTES ({MAX_DOCUMENT_BYTES})")
-    stripped = data.strip(b" \t\r\n\x00")
-    if stripped.startswith(b"-----BEGIN X509 CRL-----"):
-        try:
-            crl = x509.load_pem_x509_crl(stripped)
-        except (ValueError, x509.InvalidVersion) as exc:
-            raise ParseError(what, f"bad PEM CRL: {exc}") from None
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return crl.public_bytes(Encoding.DER)
-    if stripped and _HEX.match(stripped):
-        try:
-            der = binascii.unhexlify(stripped)
-        except binascii.Error:
-            raise ParseError(what, "odd-length hex") from None
-    else:
-        der = data
     try:
-        x509.load_der_x509_crl(der)
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise ParseError(what, f"not a DER, PEM or hex CRL: {exc}") from None
+        _crl, der = load_crl_der(data, what)
+    except CollateralError as exc:
+        raise ParseError(what, str(exc).removeprefix(f"{what}: ")) from None
     return der
 
 

@@ -54,7 +54,9 @@ async def test_directory_missing_item_named(docs: Path) -> None:
 
 async def test_directory_garbage_named(docs: Path) -> None:
     (docs / "pck_crl_platform.der").write_bytes(b"\x30\x03garbage")
-    with pytest.raises(CollateralUnavailable, match=r"pck_crl_platform\.der: not a DER, PEM or hex CRL"):
+    with pytest.raises(
+        CollateralUnavailable, match=r"pck_crl_platform\.der: 4 unexpected bytes after the DER CRL"
+    ):
         await DirectorySource(docs).get(KEY, now=NOW)
 
 
