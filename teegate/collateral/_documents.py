@@ -15,7 +15,7 @@ from typing import Literal
 
 from cryptography import x509
 
-from teegate.dcap.certs import load_crl_der
+from teegate.dcap.certs import load_crl_der, load_pem_chain
 from teegate.dcap.collateral import Collateral, CollateralKey
 from teegate.errors import CollateralError, CollateralUnavailable, EvidenceError, ParseError
 
@@ -145,7 +145,8 @@ def crl_to_der(data: bytes, what: str) -> bytes:
 
 
 def issuer_chain(text: str | bytes, what: str) -> str:
-    """A PEM issuer chain, checked to hold 1..MAX_CHAIN_CERTS parseable certificates; returned as is."""
+    """A PEM issuer chain, checked (by the verifier's own :func:`load_pem_chain`) to hold
+    1..MAX_CHAIN_CERTS parseable certificates; returned as is."""
     if len(text) > MAX_CHAIN_BYTES:
         raise ParseError(what, f"larger than MAX_CHAIN_BYTES ({MAX_CHAIN_BYTES})")
     if isinstance(text, bytes):
@@ -153,10 +154,7 @@ def issuer_chain(text: str | bytes, what: str) -> str:
             text = text.decode("ascii")
         except UnicodeDecodeError:
             raise ParseError(what, "not ASCII PEM") from None
-    try:
-        certs = x509.load_pem_x509_certificates(text.encode())
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise ParseError(what, f"not a PEM certificate chain: {exc}") from None
+    certs = load_pem_chain(text, what, error=ParseError)
     if len(certs) > MAX_CHAIN_CERTS:
         raise ParseError(what, f"{len(certs)} certificates, more than MAX_CHAIN_CERTS ({MAX_CHAIN_CERTS})")
     return text

@@ -86,7 +86,7 @@ async def test_unknown_fmspc_names_url_and_fmspc(vectors: Path) -> None:
             lambda f: f.routes[f"{V4}/pckcrl?ca=platform&encoding=der"].headers.update(
                 {"SGX-PCK-CRL-Issuer-Chain": "garbage"}
             ),
-            "SGX-PCK-CRL-Issuer-Chain header: not a PEM",
+            "SGX-PCK-CRL-Issuer-Chain header: text after the last PEM certificate",
         ),
         (
             lambda f: f.routes.__setitem__(f"{V4}/pckcrl?ca=platform&encoding=der", Canned(503, b"busy")),
