@@ -5,7 +5,8 @@
 Cores: by default the KBS server runs in its own process pinned to CPU 0 and the load generator
 is pinned to CPU 1 (on a 2-core machine that is one core each); ``--server-procs N`` starts N KBS
 processes sharing the port (SO_REUSEPORT) on every core, beside the generator. The server runs
-under uvicorn with uvloop and httptools, no access log. The generator precomputes what does not
+under uvicorn with uvloop and httptools, no access log, and logs at INFO to a file as ``teegate kbs
+serve`` does (audit lines included). The generator (uvloop too) precomputes what does not
 depend on the nonce (TEE keys and their JWKs) and per handshake builds the runtime-data digest
 and asks the simulated platform for a quote (what a TD would do), then fetches one resource (the
 first handshake of each client checks that the JWE decrypts). Requests are raw HTTP/1.1 over
@@ -161,7 +162,11 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: 
 
     import uvicorn
 
-    logging.disable(logging.WARNING)
+    # As `teegate kbs serve` logs (INFO: an audit line per release, a line per token), to a file.
+    handler = logging.FileHandler(data_dir / f"{kind}-{os.getpid()}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.INFO)
     if kind == "peer":
         from starlette.applications import Starlette
         from starlette.requests import Request
@@ -260,14 +265,12 @@ class _Conn:
         if self.cookie:
             head += f"cookie: kbs-session-id={self.cookie}\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
+        # One read for the whole head, then the body by its length.
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
         length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
             lname = name.lower()
             if lname == "content-length":
                 length = int(value)
@@ -431,9 +434,11 @@ def _measure(
                 proc.send_signal(signal.SIGUSR1)  # the breakdown counts from here
             time.sleep(0.1)
         cpu0 = sum(_cpu_seconds(p.pid) for p in servers)
+        gen0 = time.process_time()
         t0 = time.perf_counter()
         lat = asyncio.run(_closed_loop(port, platform, args.clients, args.seconds, kind == "peer"))
         elapsed = time.perf_counter() - t0
+        gen_cpu = time.process_time() - gen0
         cpu = sum(_cpu_seconds(p.pid) for p in servers) - cpu0
         served += len(lat)
         rate = len(lat) / elapsed
@@ -442,6 +447,7 @@ def _measure(
             "p50_ms": _pct(lat, 0.50),
             "p99_ms": _pct(lat, 0.99),
             "server_cpu_ms_per_handshake": cpu * 1000 / max(1, len(lat)),
+            "generator_cpu_ms_per_handshake": gen_cpu * 1000 / max(1, len(lat)),
             # Share of the server's cores it actually got: < 1 means waiting or contention.
             "server_cpu_utilization": cpu / elapsed / procs,
         }
@@ -502,8 +508,11 @@ def main() -> None:
         _run_server(args.serve, args.data_dir, args.port, args.profile, breakdown)
         return
 
+    import uvloop
+
     from teegate.sim import SimPlatform
 
+    uvloop.install()  # the generator's event loop too (the server's is uvloop under uvicorn)
     cores = os.cpu_count() or 1
     all_cpus = set(range(cores))
     if args.server_procs > 1:  # server processes and generator share every core

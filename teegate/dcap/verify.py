@@ -33,6 +33,7 @@ PCK CA recur across chains) and checks each (certificate, issuer) link once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -714,5 +715,7 @@ def verdict_claims(verdict: Verdict) -> dict[str, Any]:
     return claims
 
 
+@functools.lru_cache(maxsize=256)
 def _iso(moment: datetime) -> str:
+    """RFC 3339 UTC text of a collateral date (the same few dates recur for every quote)."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

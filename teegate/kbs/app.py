@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -55,7 +56,7 @@ from teegate.kbs.config import KbsSettings
 from teegate.kbs.errors import KbsError, error_body
 from teegate.kbs.jwe import encrypt
 from teegate.kbs.paths import admin_key_path
-from teegate.kbs.policy import Appraisal, PolicyEngine
+from teegate.kbs.policy import Appraisal, PolicyEngine, PolicyVm
 from teegate.kbs.protocol import (
     Attestation,
     Challenge,
@@ -308,7 +309,7 @@ class KbsRuntime:
             now=self.clock(),
             timeout=self.settings.session_timeout_seconds,
         )
-        response = Response(json.dumps(challenge.to_json(), separators=(",", ":")), media_type=_JSON)
+        response = Response(orjson.dumps(challenge.to_json()), media_type=_JSON)
         response.headers["set-cookie"] = state.set_cookie_header(
             self.sealer.seal(state), secure=self.settings.tls
         )
@@ -384,7 +385,7 @@ class KbsRuntime:
         return self._token_response(token, attested, cookie)
 
     def _token_response(self, token: str, state: SessionState, cookie: str | None) -> Response:
-        response = Response(json.dumps({"token": token}, separators=(",", ":")), media_type=_JSON)
+        response = Response(orjson.dumps({"token": token}), media_type=_JSON)
         if cookie is not None:
             response.headers["set-cookie"] = state.set_cookie_header(cookie, secure=self.settings.tls)
         return response
@@ -508,7 +509,7 @@ class KbsRuntime:
             claims=claims,
             claims_digest_hex=digest,
         )
-        return Response(json.dumps(jwe, separators=(",", ":")), media_type=_JSON)
+        return Response(orjson.dumps(jwe), media_type=_JSON)
 
     def _claims(self, request: HttpRequest, now: float) -> tuple[dict[str, Any], str | None]:
         """Token claims from an attested session cookie (with the digest sealed beside them),
@@ -710,7 +711,12 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         storage = await open_storage(settings.storage)
         try:
-            engine = PolicyEngine(storage.policies, storage.reference_values, dev=settings.dev)
+            engine = PolicyEngine(
+                storage.policies,
+                storage.reference_values,
+                dev=settings.dev,
+                vm=PolicyVm(settings.policy_vm),
+            )
             if resource_policy_text is not None:
                 await engine.set_resource_policy(resource_policy_text)
             runtime.storage = storage

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+
+from teegate.kbs.protocol import sorted_json
 
 __all__ = [
     "DEFAULT_DENIAL_RING",
@@ -142,8 +143,7 @@ def claims_digest(claims: Mapping[str, Any]) -> str:
 
     The KBS passes the digest of the text it already serialised for the token
     (:func:`teegate.kbs.token.canonical_claims`: the same text for JSON claims)."""
-    canonical = json.dumps(claims, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
-    return hashlib.sha384(canonical).hexdigest()
+    return hashlib.sha384(sorted_json(claims).encode("utf-8")).hexdigest()
 
 
 def claims_excerpt(
@@ -166,8 +166,7 @@ def claims_excerpt(
     for tee, value in sorted(evidence.items()):
         fields = {".".join(path): _clip(_get(value, path)) for path in _EXCERPT_FIELDS.get(tee, ())}
         excerpt[tee] = {k: v for k, v in fields.items() if v is not None}
-    text = json.dumps(excerpt, default=str)
-    if len(text.encode("utf-8")) > MAX_EXCERPT_BYTES:
+    if len(sorted_json(excerpt).encode("utf-8")) > MAX_EXCERPT_BYTES:
         return {"truncated": True, "submods": excerpt.get("submods", {})}
     return excerpt
 
@@ -279,7 +278,7 @@ class AuditLog:
         refused = kind == "denial" or (kind == "attestation" and verdict != "affirming")
         level = logging.WARNING if refused else logging.INFO
         if self._logger.isEnabledFor(level):  # the line is built only when something writes it
-            line = json.dumps({"audit": record.to_json()}, sort_keys=True, separators=(",", ":"), default=str)
+            line = sorted_json({"audit": record.to_json()})
             self._logger.log(level, line)
         return record
 

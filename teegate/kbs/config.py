@@ -37,6 +37,7 @@ from typing import Any, Final
 from teegate.errors import ConfigError
 from teegate.kbs.admin_auth import AdminAuthConfig
 from teegate.kbs.paths import default_data_dir
+from teegate.kbs.policy import PolicyVm
 from teegate.kbs.session import DEFAULT_SESSION_TIMEOUT_SECONDS, SESSION_KEY_ENV
 from teegate.kbs.storage.base import Backend, StateBackend, StorageSettings
 
@@ -55,6 +56,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 _MAX_BODY_MIB: Final = 64
 _MAX_CONFIG_BYTES: Final = 1024 * 1024
 
+#: [policy_engine] policy_vm values.
+_POLICY_VM_MODES: Final = tuple(mode.value for mode in PolicyVm)
+
 _SECTIONS: Final[dict[str, frozenset[str]]] = {
     "http_server": frozenset(
         {"sockets", "insecure_http", "private_key", "certificate", "payload_request_size", "worker_count"}
@@ -71,7 +75,7 @@ _SECTIONS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "attestation_service": frozenset({"timeout", "type", "policy_id"}),
-    "policy_engine": frozenset({"policy_path"}),
+    "policy_engine": frozenset({"policy_path", "policy_vm"}),
     "kbs": frozenset({"data_dir", "insecure_allow_rsa1_5"}),
     "session": frozenset({"key_file"}),
     "verifiers": frozenset(
@@ -136,6 +140,8 @@ class KbsSettings:
     insecure_header_jwk: bool = False
     attestation_policy_id: str = "default"
     resource_policy_path: Path | None = None
+    #: Which policies run on regorus's compiled VM: "builtin", "all" or "off" (PolicyVm).
+    policy_vm: str = "builtin"
     verify_tdx: bool = True
     verify_sgx: bool = True
     allow_sample: bool = False
@@ -171,6 +177,10 @@ class KbsSettings:
             raise ConfigError("verifiers.sim_collateral = 'source' needs a [collateral] section")
         if not 1 <= self.collateral_ttl_seconds <= 86400:
             raise ConfigError("verifiers.collateral_ttl_seconds must be between 1 and 86400")
+        if self.policy_vm not in _POLICY_VM_MODES:
+            raise ConfigError(
+                f"policy_engine.policy_vm must be one of {list(_POLICY_VM_MODES)}, not {self.policy_vm!r}"
+            )
         if self.dev and not is_loopback(self.listen[0]):
             raise ConfigError(f"--dev listens on loopback only, not {self.listen[0]}")
 
@@ -315,6 +325,8 @@ def load_settings(
     values["resource_policy_path"] = _path(
         _typed(doc.get("policy_engine", {}), "policy_path", str, "policy_engine"), base
     )
+    if (vm := _typed(doc.get("policy_engine", {}), "policy_vm", str, "policy_engine")) is not None:
+        values["policy_vm"] = vm
     if (flag := _typed(kbs, "insecure_allow_rsa1_5", bool, "kbs")) is not None:
         values["insecure_allow_rsa1_5"] = flag
 

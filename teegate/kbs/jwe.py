@@ -15,17 +15,18 @@ so every test that decrypts checks the server's JWE with an independent implemen
 from __future__ import annotations
 
 import base64
-import json
 import os
 import struct
 import warnings
 from typing import Any, Final
 
+import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from joserfc import jwe as _jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
@@ -83,12 +84,13 @@ def _wrap_ecdh(public: ec.EllipticCurvePublicKey, cek: bytes) -> tuple[dict[str,
     ephemeral = ec.generate_private_key(public.curve)
     shared = ephemeral.exchange(ec.ECDH(), public)
     kek = ConcatKDFHash(hashes.SHA256(), _CEK_BYTES, otherinfo=_ECDH_OTHERINFO).derive(shared)
-    point = ephemeral.public_key().public_numbers()
+    # SEC 1 uncompressed point: 0x04 || X || Y, each coordinate ``size`` bytes.
+    point = ephemeral.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     epk = {
         "crv": crv,
         "kty": "EC",
-        "x": _b64url(point.x.to_bytes(size, "big")),
-        "y": _b64url(point.y.to_bytes(size, "big")),
+        "x": _b64url(point[1 : 1 + size]),
+        "y": _b64url(point[1 + size :]),
     }
     return {"alg": _ECDH_ALG, "enc": _ENC, "epk": epk}, aes_key_wrap(kek, cek)
 
@@ -115,7 +117,7 @@ def encrypt(plaintext: bytes, tee_key: TeePubKey, *, allow_rsa1_5: bool = False)
             raise JweError(f"RSA TEE key with alg {tee_key.alg!r}; use RSA-OAEP-256")
     except ValueError as exc:
         raise JweError(f"cannot encrypt to the TEE key ({tee_key.alg}): {exc}") from None
-    protected = _b64url(json.dumps(header, separators=(",", ":")).encode())
+    protected = _b64url(orjson.dumps(header))
     iv = os.urandom(_IV_BYTES)
     sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
     return {

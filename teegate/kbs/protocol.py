@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -46,6 +47,7 @@ __all__ = [
     "pad_report_data",
     "parse_json",
     "runtime_data_digest",
+    "sorted_json",
 ]
 
 #: The one protocol version served (exact match, as Trustee's ``=0.4.0``).
@@ -454,6 +456,19 @@ def _string_tree(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and k.isascii() and _string_tree(v) for k, v in value.items())
     return False
+
+
+def sorted_json(value: Any) -> str:
+    """Compact JSON with sorted keys and UTF-8 text (not JCS: numbers as Python writes them).
+
+    The one serialisation of EAR claims: the token payload, the attested session's copy and the
+    audit digest's input are this same text. Values orjson cannot write (integers beyond 64 bits,
+    non-string keys, other types) go through the standard library, other types as ``str``.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def jcs_bytes(value: Any) -> bytes:

@@ -18,7 +18,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -30,11 +29,12 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from teegate.errors import ConfigError, EvidenceError
-from teegate.kbs.protocol import HashAlgorithm, Tee
+from teegate.kbs.protocol import HashAlgorithm, Tee, sorted_json
 
 __all__ = [
     "DEFAULT_SESSION_TIMEOUT_SECONDS",
@@ -107,7 +107,7 @@ class SessionState:
         ``claims_json``, when given, must be the canonical JSON text of ``claims``
         (:func:`teegate.kbs.token.canonical_claims`)."""
         if claims_json is None:
-            claims_json = json.dumps(claims, sort_keys=True, separators=(",", ":"))
+            claims_json = sorted_json(claims)
         digest = hashlib.sha384(claims_json.encode()).hexdigest()
         return SessionState(
             self.id, self.tee, self.nonce, self.hash_algorithm, self.expires_at, claims, claims_json, digest
@@ -158,7 +158,7 @@ class SessionSealer:
             state = state.with_claims(state.claims)
         if state.claims_digest is not None:
             payload["claims_digest"] = state.claims_digest
-        text = json.dumps(payload, separators=(",", ":"))
+        text = orjson.dumps(payload).decode()
         if state.claims_json is not None:
             # The claims text is spliced in as it is, not parsed and serialised again.
             text = f'{text[:-1]},"claims":{state.claims_json}}}'
@@ -190,7 +190,7 @@ class SessionSealer:
             data = inflater.decompress(plain, MAX_SESSION_STATE_BYTES)
             if inflater.unconsumed_tail:
                 raise ValueError("state too large")
-            payload = json.loads(data)
+            payload = orjson.loads(data)
             state = SessionState(
                 id=str(payload["id"]),
                 tee=Tee(payload["tee"]),

@@ -34,7 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from teegate.errors import ConfigError, EvidenceError
-from teegate.kbs.protocol import TeePubKey
+from teegate.kbs.protocol import TeePubKey, sorted_json
 
 __all__ = [
     "DEFAULT_TOKEN_TTL_SECONDS",
@@ -157,7 +157,7 @@ def load_cert_chain(path: Path, key: ec.EllipticCurvePrivateKey) -> list[str]:
 def canonical_claims(claims: Mapping[str, Any]) -> str:
     """Claims as compact JSON with sorted keys: the token payload, the attested session's copy and
     the audit digest's input (:func:`teegate.kbs.audit.claims_digest` hashes this same text)."""
-    return json.dumps(claims, sort_keys=True, separators=(",", ":"))
+    return sorted_json(claims)
 
 
 def _b64url(data: bytes) -> str:

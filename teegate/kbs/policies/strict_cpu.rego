@@ -137,6 +137,7 @@ tdx_kernel_cmdline_measured if {
 # ATTRIBUTES.FLAGS is little-endian hex; DEBUG is bit 1 of the first byte (its low nibble).
 sgx_debug if {
 	flags := input.sgx.body["attributes.flags"]
+	is_string(flags)
 	substring(flags, 1, 1) in {"2", "3", "6", "7", "a", "b", "e", "f", "A", "B", "E", "F"}
 }
 
@@ -166,7 +167,8 @@ executables := 3 if {
 configuration := 96 if {
 	sgx_debug
 } else := 2 if {
-	input.sgx.body["attributes.flags"]
+	# Known to be a release enclave: flags present (a hex string) and DEBUG clear.
+	is_string(input.sgx.body["attributes.flags"])
 }
 
 ##### Explanations (teegate extension; ignored by Trustee)
@@ -186,18 +188,20 @@ reasons contains "collateral has expired (collateral_expiration_status != 0)" if
 	input[tee].collateral_expiration_status != "0"
 }
 
-reasons contains sprintf("%s %s is not among reference values %q", [tee, field, rv]) if {
-	some [tee, path, field, rv] in [
-		["tdx", ["quote", "body", "mr_td"], "mr_td", "mr_td"],
-		["tdx", ["quote", "body", "rtmr_1"], "rtmr_1", "rtmr_1"],
-		["tdx", ["quote", "body", "rtmr_2"], "rtmr_2", "rtmr_2"],
-		["tdx", ["quote", "body", "xfam"], "xfam", "xfam"],
-		["sgx", ["body", "mr_enclave"], "mr_enclave", "mr_enclave"],
-		["sample", ["launch_digest"], "launch_digest", "launch_digest"],
+# Reference values are asked for by literal name (as everywhere in this policy): the KBS
+# fetches them before evaluating, and the policy can run on regorus's compiled VM.
+reasons contains sprintf("%s %s is not among reference values %q", [tee, field, field]) if {
+	some [tee, path, field, references] in [
+		["tdx", ["quote", "body", "mr_td"], "mr_td", query_reference_value("mr_td")],
+		["tdx", ["quote", "body", "rtmr_1"], "rtmr_1", query_reference_value("rtmr_1")],
+		["tdx", ["quote", "body", "rtmr_2"], "rtmr_2", query_reference_value("rtmr_2")],
+		["tdx", ["quote", "body", "xfam"], "xfam", query_reference_value("xfam")],
+		["sgx", ["body", "mr_enclave"], "mr_enclave", query_reference_value("mr_enclave")],
+		["sample", ["launch_digest"], "launch_digest", query_reference_value("launch_digest")],
 	]
 	value := object.get(input, array.concat([tee], path), null)
 	value != null
-	not value in query_reference_value(rv)
+	not value in references
 }
 
 ##### EAR extensions (same shape as Trustee's default)

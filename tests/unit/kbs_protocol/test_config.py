@@ -16,6 +16,7 @@ def test_defaults_without_config(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path and settings.listen == ("127.0.0.1", 8080)
     assert not settings.allow_sample and not settings.trust_simulated and settings.verify_tdx
     assert settings.storage.backend is Backend.SQLITE and settings.session_timeout_seconds == 300
+    assert settings.policy_vm == "builtin"
     assert settings.insecure_options() == []
     settings.check_transport()
 
@@ -39,6 +40,7 @@ timeout = 2
 
 [policy_engine]
 policy_path = "policy.rego"
+policy_vm = "all"
 
 [verifiers]
 sample = true
@@ -55,7 +57,7 @@ sample = true
     assert settings.listen == ("0.0.0.0", 8080) and settings.insecure_http
     assert settings.max_body_bytes == 4 * 1024 * 1024 and settings.token_ttl_seconds == 600
     assert settings.session_timeout_seconds == 120 and settings.allow_sample
-    assert settings.resource_policy_path == tmp_path / "policy.rego"
+    assert settings.resource_policy_path == tmp_path / "policy.rego" and settings.policy_vm == "all"
     assert (
         settings.storage.backend is Backend.DIRECTORY and settings.storage.directory_root == tmp_path / "res"
     )
@@ -73,6 +75,7 @@ sample = true
         ("[http_server]\ninsecure_http = 'yes'\n", "wrong type"),
         ("[attestation_service]\ntype = 'coco_as_grpc'\n", "coco_as_builtin"),
         ("[verifiers]\ntrust_simulated = true\n", "sim_platform"),
+        ("[policy_engine]\npolicy_vm = 'fast'\n", "policy_vm must be one of"),
         ("not toml = = =", "kbs.toml"),
     ],
 )
