@@ -450,19 +450,20 @@ class _EngineBox:
     """The thread-affine regorus objects of one compiled policy: the interpreter engine and,
     when the policy runs on the VM, its program and VM."""
 
-    __slots__ = ("_graveyard", "_thread", "engine", "program", "vm")
+    __slots__ = ("_graveyard", "engine", "program", "vm")
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.program: Any = None
         self.vm: Any = None
-        self._thread = threading.get_ident()
+        # The owner thread is known by its graveyard (thread-local state), not by its ident:
+        # the OS reuses a thread's ident for a later thread, and PyO3 tells them apart.
         self._graveyard = _GRAVEYARDS.graveyard
 
     def __del__(self) -> None:
         held = [o for o in (self.engine, self.program, self.vm) if o is not None]
         self.engine = self.program = self.vm = None
-        if not held or threading.get_ident() == self._thread:
+        if not held or _GRAVEYARDS.graveyard is self._graveyard:
             return  # dropped here, on its own thread
         for obj in held:
             if not self._graveyard.bury(obj):

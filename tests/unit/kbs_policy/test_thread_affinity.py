@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import teegate.kbs.policy as policy_module
 from teegate.kbs.policy import _GRAVEYARDS, _Compiled, builtin_policy_text
 from teegate.kbs.storage import PolicyKind
 
@@ -78,3 +79,34 @@ def test_engine_dropped_on_its_own_thread_is_freed_at_once() -> None:
     compiled = _compiled()
     del compiled  # reference counting, on the owner thread: nothing waits
     assert graveyard.pending() == 0
+
+
+def test_thread_with_the_owners_ident_is_not_the_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS reuses an exited thread's ident for a later thread (servers started one after
+    another in one process do): that later thread must not drop the first one's engine."""
+    errors: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(str(u.exc_value)))
+    made: list[_Compiled] = []
+    owner_ident: list[int] = []
+
+    def owner() -> None:
+        owner_ident.append(threading.get_ident())
+        made.append(_compiled())
+
+    first = threading.Thread(target=owner)
+    first.start()
+    first.join()
+
+    class _SameIdent:
+        """The policy module's view of ``threading`` in which every thread has the owner's ident."""
+
+        def __getattr__(self, name: str) -> Any:
+            return (lambda: owner_ident[0]) if name == "get_ident" else getattr(threading, name)
+
+    monkeypatch.setattr(policy_module, "threading", _SameIdent())
+    second = threading.Thread(target=made.clear)  # the last reference goes on the later thread
+    second.start()
+    second.join()
+    monkeypatch.undo()
+    gc.collect()
+    assert errors == []
