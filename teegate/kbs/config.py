@@ -13,7 +13,9 @@ refused. Unknown sections and keys are refused, naming them. Sections:
   certificate chain, sent as ``x5c``).
 * ``[attestation_service]`` (Trustee): ``timeout`` (session minutes), ``type`` (only
   ``coco_as_builtin``), ``policy_id`` (attestation policy family, default ``default``).
-* ``[policy_engine]`` (Trustee): ``policy_path`` (resource policy Rego loaded at start).
+* ``[policy_engine]`` (Trustee): ``policy_path`` (resource policy Rego loaded at start);
+  teegate: ``policy_vm`` (``builtin`` | ``all`` | ``off``: which policies run on regorus's
+  compiled VM, ADR 0008).
 * ``[admin]`` (Trustee, see :mod:`teegate.kbs.admin_auth`); ``[storage]`` (ADR 0002).
 * teegate: ``[kbs] data_dir, insecure_allow_rsa1_5``; ``[session] key_file``;
   ``[verifiers] tdx, sgx, sample, trust_simulated, sim_platform, sim_collateral, collateral_ttl_seconds``;
