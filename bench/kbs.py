@@ -248,6 +248,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _system_seconds(pid: int) -> float:
+    """Kernel CPU time (loopback TCP included: the sender also pays for the receive path)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 # --- load generator -----------------------------------------------------------------------------------
 
 
@@ -440,12 +446,14 @@ def _measure(
                 proc.send_signal(signal.SIGUSR1)  # the breakdown counts from here
             time.sleep(0.1)
         cpu0 = sum(_cpu_seconds(p.pid) for p in servers)
+        sys0 = sum(_system_seconds(p.pid) for p in servers)
         gen0 = time.process_time()
         t0 = time.perf_counter()
         lat = asyncio.run(_closed_loop(port, platform, args.clients, args.seconds, kind == "peer"))
         elapsed = time.perf_counter() - t0
         gen_cpu = time.process_time() - gen0
         cpu = sum(_cpu_seconds(p.pid) for p in servers) - cpu0
+        system = sum(_system_seconds(p.pid) for p in servers) - sys0
         served += len(lat)
         rate = len(lat) / elapsed
         row = {
@@ -454,6 +462,7 @@ def _measure(
             "p99_ms": _pct(lat, 0.99),
             "server_cpu_ms_per_handshake": cpu * 1000 / max(1, len(lat)),
             "generator_cpu_ms_per_handshake": gen_cpu * 1000 / max(1, len(lat)),
+            "server_kernel_cpu_share": system / cpu if cpu else 0.0,
             # Share of the server's cores it actually got: < 1 means waiting or contention.
             "server_cpu_utilization": cpu / elapsed / procs,
         }
