@@ -547,6 +547,8 @@ class _Compiled:
             return "reads data.reference (reference values are asked for as they are used)"
         if dynamic_rvs:
             return "asks query_reference_value for computed names"
+        if len(self.rv_names) > MAX_REFERENCE_QUERIES:
+            return f"names more than {MAX_REFERENCE_QUERIES} reference values"
         main = _TRUST_CLAIMS_RULE if self.kind is PolicyKind.ATTESTATION else _ALLOW_RULE
         entry_points = [main]
         if self.has_extensions:

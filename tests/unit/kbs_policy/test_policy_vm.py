@@ -387,23 +387,13 @@ async def test_which_policies_run_on_the_vm(store: Storage) -> None:
     uses_print = (
         'package policy\nimport rego.v1\ndefault allow := false\nallow if { print("x"); input.a == 1 }\n'
     )
+    affirming = builtin_policy_text(PolicyKind.RESOURCE, "affirming")
+    default = builtin_policy_text(PolicyKind.RESOURCE, "default")
     cases: list[tuple[PolicyVm, PolicyKind, str, bool, str]] = [
-        (
-            PolicyVm.BUILTIN,
-            PolicyKind.RESOURCE,
-            builtin_policy_text(PolicyKind.RESOURCE, "affirming"),
-            True,
-            "",
-        ),
+        (PolicyVm.BUILTIN, PolicyKind.RESOURCE, affirming, True, ""),
         (PolicyVm.BUILTIN, PolicyKind.RESOURCE, custom, False, "not a built-in policy"),
         (PolicyVm.ALL, PolicyKind.RESOURCE, custom, True, ""),
-        (
-            PolicyVm.OFF,
-            PolicyKind.RESOURCE,
-            builtin_policy_text(PolicyKind.RESOURCE, "default"),
-            False,
-            "off",
-        ),
+        (PolicyVm.OFF, PolicyKind.RESOURCE, default, False, "off"),
         (PolicyVm.ALL, PolicyKind.ATTESTATION, dynamic, False, "computed names"),
         (PolicyVm.ALL, PolicyKind.ATTESTATION, by_data, False, "data.reference"),
         (PolicyVm.ALL, PolicyKind.RESOURCE, uses_print, False, "the VM cannot compile it"),
