@@ -511,6 +511,7 @@ class _Compiled:
         self._data: dict[str, Any] | None = None  # the data document the engine holds now
         self._vm_data: bytes | None = None  # the data document the VM holds now (JSON)
         self._vm_rules: frozenset[str] = frozenset()
+        self._vm_failure_logged = False
         _GRAVEYARDS.graveyard.sweep()
         self._box = _EngineBox(regorus.Engine())
         problem = self._compile(text)
@@ -589,15 +590,19 @@ class _Compiled:
         except (TypeError, orjson.JSONEncodeError):
             return None  # not JSON (e.g. an integer beyond 64 bits): the interpreter decides
         except (RuntimeError, ValueError) as exc:
-            # A VM failure (e.g. its instruction budget): this policy stays on the interpreter.
-            _log.warning(
-                "%s policy %r leaves regorus's VM for its interpreter: %s",
-                self.kind.value,
-                self.policy_id,
-                _engine_message(exc)[:300],
-            )
-            self.vm_refusal = f"the VM failed: {_engine_message(exc)[:300]}"
-            box.vm = box.program = None
+            # The VM could not take this input or finish (e.g. nesting beyond its parser's limit,
+            # its instruction budget): the interpreter answers this evaluation. The policy stays
+            # on the VM (one guest's input must not slow every later handshake down).
+            if not self._vm_failure_logged:
+                self._vm_failure_logged = True
+                _log.warning(
+                    "%s policy %r: regorus's VM could not answer (%s); its interpreter answered "
+                    "(logged once per policy version)",
+                    self.kind.value,
+                    self.policy_id,
+                    _engine_message(exc)[:300],
+                )
+            self._vm_data = None  # whatever the VM holds now, set it again next time
             return None
         # Undefined anywhere in an answer (the VM also leaves it inside collections, where the
         # interpreter drops the element): the interpreter answers.

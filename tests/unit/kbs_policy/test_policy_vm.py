@@ -438,3 +438,26 @@ async def test_built_in_policy_compiled_line_names_the_evaluator(
     with caplog.at_level(logging.INFO, logger="teegate.kbs.policy"):
         await engine.appraise("tdx", tdx_claims())
     assert any("default_cpu" in r.getMessage() and "regorus's VM" in r.getMessage() for r in caplog.records)
+
+
+async def test_input_the_vm_cannot_take_is_answered_by_the_interpreter(
+    store: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Init data nested deeper than the VM's JSON reader goes (a guest can send that): this one
+    evaluation falls to the interpreter, and the policy stays on the VM for the next."""
+    vm, interp = _engines(store)
+    await vm.rvps.register(rv_message(TDX_RVS))
+    nested: dict[str, Any] = {}
+    for _ in range(200):  # beyond the VM's JSON reader (128 levels), within orjson's (254)
+        nested = {"n": nested}
+    with caplog.at_level(logging.WARNING, logger="teegate.kbs.policy"):
+        for _ in range(2):
+            fast = await _appraise(vm, "tdx", tdx_claims(), {"deep": nested}, "default")
+            slow = await _appraise(interp, "tdx", tdx_claims(), {"deep": nested}, "default")
+            assert fast == slow
+    assert sum("could not answer" in r.getMessage() for r in caplog.records) == 1
+    (compiled,) = _compiled(vm)
+    assert compiled.on_vm
+    again = await _appraise(vm, "tdx", tdx_claims(), None, "default")
+    assert again == await _appraise(interp, "tdx", tdx_claims(), None, "default")
+    assert again[0] == "ok" and again[1]["status"] == "affirming"
