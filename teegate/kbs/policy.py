@@ -172,9 +172,10 @@ class PolicyVm(enum.Enum):
 
     Every policy is compiled by regorus's interpreter first (syntax, rules, unknown functions:
     the checks and messages of ``set``). A policy that may also run on the VM is compiled to VM
-    bytecode once per version and evaluated there (5-10x faster); whenever the VM's answer is
-    undefined or the VM fails, the interpreter evaluates it again and its answer stands, so
-    errors keep the interpreter's messages and deny.
+    bytecode once per version and evaluated there (about twice as fast through the engine,
+    bench/policy.py); whenever the VM's answer is undefined or the VM cannot answer, the
+    interpreter evaluates it again and its answer stands, so errors keep the interpreter's
+    messages and deny.
 
     The VM differs from the interpreter in one way that matters for policies written to
     "default allow, deny if …": where the interpreter stops with an error (conflicting rule
