@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -278,7 +279,12 @@ class AuditLog:
         refused = kind == "denial" or (kind == "attestation" and verdict != "affirming")
         level = logging.WARNING if refused else logging.INFO
         if self._logger.isEnabledFor(level):  # the line is built only when something writes it
-            line = sorted_json({"audit": record.to_json()})
+            entry = {"audit": record.to_json()}
+            line = sorted_json(entry)
+            if not line.isascii():
+                # Non-ASCII text (a reason quoting a guest's input) escaped as \uXXXX, so no line
+                # or paragraph separator can split or forge a log line.
+                line = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
             self._logger.log(level, line)
         return record
 

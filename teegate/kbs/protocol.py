@@ -459,7 +459,7 @@ def _string_tree(value: Any) -> bool:
 
 
 def sorted_json(value: Any) -> str:
-    """Compact JSON with sorted keys and UTF-8 text (not JCS: numbers as Python writes them).
+    """Compact JSON with sorted keys and UTF-8 text (not JCS: numbers as orjson writes them).
 
     The one serialisation of EAR claims: the token payload, the attested session's copy and the
     audit digest's input are this same text. Values orjson cannot write (integers beyond 64 bits,

@@ -144,3 +144,15 @@ def test_audit_record_json_covers_every_field_and_takes_a_given_digest() -> None
     assert set(document) == {f.name for f in dataclasses.fields(AuditRecord)}
     assert document["claims_digest"] == "ab" * 48 and document["reasons"] == ["r"]
     assert audit.recent_denials(1) == [record] and audit.counts == {"denial": 1}
+
+
+def test_audit_line_escapes_non_ascii_so_no_separator_splits_it(caplog: pytest.LogCaptureFixture) -> None:
+    audit = AuditLog(clock=lambda: NOW)
+    forged = 'nope\u2028{"audit":{"verdict":"released"}}\u0085é'
+    with caplog.at_level(logging.INFO, logger="teegate.kbs.audit"):
+        audit.record("denial", tee="tdx", resource_path="r/t/x", verdict="denied", reason=forged)
+        audit.record("release", tee="tdx", resource_path="r/t/x", verdict="released")
+    denial, release = (r.getMessage() for r in caplog.records if r.name == "teegate.kbs.audit")
+    assert denial.isascii() and "\\u2028" in denial and "\\u0085" in denial
+    assert json.loads(denial)["audit"]["reason"] == forged  # escaped, not altered
+    assert release.isascii() and json.loads(release)["audit"]["verdict"] == "released"
