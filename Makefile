@@ -56,7 +56,7 @@ storm: venv apt
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; seeds in tests/fuzz/corpus/.
 FUZZ_SECONDS ?= 60
 fuzz: venv
-	@status=0; for target in quote jwe attestation; do \
+	@status=0; for target in quote jwe attestation policy; do \
 	  echo "== fuzz $$target ($(FUZZ_SECONDS)s)"; \
 	  $(PY) -m tests.fuzz.run $$target --seconds $(FUZZ_SECONDS) || status=1; \
 	done; exit $$status

@@ -63,6 +63,96 @@ def main() -> None:
     with_extra = Attestation(nonce, jwks["rsa-oaep"], sample, additional).to_json()
     with_extra["init-data"] = {"format": "toml", "body": 'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n'}
     _write("attestation", "sample-additional-initdata.json", json.dumps(with_extra).encode())
+    policy_seeds()
+
+
+def policy_seeds() -> None:
+    """Claims for the policy target: TDX (reference values matching, event log, init data), SGX,
+    sample; the shapes teegate's verifiers produce."""
+    mr_td, rtmr1, rtmr2, xfam = "a1" * 48, "b1" * 48, "b2" * 48, "e702060000000000"
+    kernel, cmdline = "c1" * 48, "c2" * 48
+    tdx = {
+        "quote": {
+            "header": {
+                "version": "0400",
+                "tee_type": "81000000",
+                "vendor_id": "939a7233f79c4ca9940a0db3957f0607",
+            },
+            "body": {"mr_td": mr_td, "rtmr_1": rtmr1, "rtmr_2": rtmr2, "xfam": xfam},
+        },
+        "td_attributes": {"debug": False},
+        "tcb_status": "UpToDate",
+        "collateral_expiration_status": "0",
+        "report_data": "00" * 64,
+        "uefi_event_logs": [
+            {
+                "type_name": "EV_EFI_BOOT_SERVICES_APPLICATION",
+                "details": {"device_paths": ["File(kernel)"]},
+                "digests": [{"alg": "SHA-384", "digest": kernel}],
+            },
+            {
+                "type_name": "EV_EVENT_TAG",
+                "details": {"string": "LOADED_IMAGE::LoadOptions"},
+                "digests": [{"alg": "SHA-384", "digest": cmdline}],
+            },
+        ],
+    }
+    references = {
+        "mr_td": [mr_td],
+        "rtmr_1": [rtmr1],
+        "rtmr_2": [rtmr2],
+        "xfam": [xfam],
+        "tdvfkernel": kernel,
+        "tdvfkernelparams": cmdline,
+    }
+    containers = [
+        {
+            "OCI": {
+                "Annotations": {"io.kubernetes.cri.image-name": "registry/app:1"},
+                "Process": {"User": {"UID": 1000}},
+            }
+        }
+    ]
+    seeds = {
+        "tdx-affirming.json": {"tee": "tdx", "claims": tdx, "reference_values": references},
+        "tdx-initdata.json": {
+            "tee": "tdx",
+            "claims": {**tdx, "td_attributes": {"debug": True}, "tcb_status": "OutOfDate"},
+            "init_data_claims": {"agent_policy_claims": {"containers": containers}},
+            "reference_values": references,
+        },
+        "sgx.json": {
+            "tee": "sgx",
+            "claims": {
+                "header": {"version": "0300", "vendor_id": "939a7233f79c4ca9940a0db3957f0607"},
+                "body": {
+                    "attributes.flags": "0500000000000000",
+                    "mr_enclave": "d1" * 32,
+                    "mr_signer": "d2" * 32,
+                },
+                "tcb_status": "SWHardeningNeeded",
+                "collateral_expiration_status": "0",
+            },
+            "reference_values": {"mr_enclave": ["d1" * 32]},
+        },
+        "sample.json": {
+            "tee": "sample",
+            "claims": {
+                "svn": "1",
+                "launch_digest": "abcde",
+                "platform_version": {"major": 1, "minor": 4},
+                "debug": False,
+            },
+            "reference_values": {
+                "svn": ["1"],
+                "launch_digest": ["abcde"],
+                "major_version": 1,
+                "minimum_minor_version": 2,
+            },
+        },
+    }
+    for name, seed in seeds.items():
+        _write("policy", name, json.dumps(seed).encode())
 
 
 if __name__ == "__main__":

@@ -111,3 +111,36 @@ def test_jwe_decrypt_refuses_garbage(members: dict[str, str], header: object) ->
 )
 def test_tee_jwk_parsing(jwk: dict[str, object]) -> None:
     run_one("jwe", json.dumps({"kty": "EC", **jwk}).encode())
+
+
+# Where a claim of a policy seed is replaced (claims paths, plus init data and reference values).
+_POLICY_PATHS = [
+    ("claims", "tcb_status"),
+    ("claims", "td_attributes"),
+    ("claims", "td_attributes", "debug"),
+    ("claims", "quote", "body", "mr_td"),
+    ("claims", "quote", "header"),
+    ("claims", "uefi_event_logs"),
+    ("claims", "collateral_expiration_status"),
+    ("init_data_claims",),
+    ("reference_values", "mr_td"),
+    ("reference_values", "tdvfkernel"),
+]
+
+
+@_FAST
+@given(
+    seed=st.sampled_from(["tdx-affirming.json", "tdx-initdata.json", "sgx.json", "sample.json"]),
+    changes=st.lists(st.tuples(st.sampled_from(_POLICY_PATHS), _json), max_size=3),
+)
+def test_policy_vm_matches_interpreter_on_changed_claims(
+    seed: str, changes: list[tuple[tuple[str, ...], object]]
+) -> None:
+    doc = json.loads((CORPUS / "policy" / seed).read_bytes())
+    for path, value in changes:
+        node = doc
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node[path[-1]] = value
+    run_one("policy", json.dumps(doc).encode())
