@@ -172,8 +172,8 @@ class PolicyVm(enum.Enum):
 
     Every policy is compiled by regorus's interpreter first (syntax, rules, unknown functions:
     the checks and messages of ``set``). A policy that may also run on the VM is compiled to VM
-    bytecode once per version and evaluated there (about twice as fast through the engine,
-    bench/policy.py); whenever the VM's answer is undefined or the VM cannot answer, the
+    bytecode once per version and evaluated there (an appraisal about twice as fast through the
+    engine, bench/policy.py); whenever the VM's answer is undefined or the VM cannot answer, the
     interpreter evaluates it again and its answer stands, so errors keep the interpreter's
     messages and deny.
 
