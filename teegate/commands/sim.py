@@ -11,17 +11,10 @@ from pathlib import Path
 
 import click
 
+from teegate.sim.collateral import TCB_STATUSES
+
 __all__ = ["sim"]
 
-_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 _WARNING = "teegate sim: SIMULATED platform — its quotes are not hardware-backed and chain to a test root"
 
 _platform_option = click.option(
@@ -62,7 +55,7 @@ def sim() -> None:
 @click.option("--fmspc", default="00C0FFEE0000", show_default=True, help="FMSPC (12 hex digits).")
 @click.option(
     "--tcb-level",
-    type=click.Choice(_STATUSES, case_sensitive=False),
+    type=click.Choice(TCB_STATUSES, case_sensitive=False),
     default="UpToDate",
     show_default=True,
     help="TCB status the platform's collateral gives it.",
@@ -141,7 +134,7 @@ def quote_command(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the bundle here.")
 @click.option(
     "--tcb-status",
-    type=click.Choice(_STATUSES, case_sensitive=False),
+    type=click.Choice(TCB_STATUSES, case_sensitive=False),
     help="Override the platform's TCB status (scenario).",
 )
 @click.option("--fmspc", help="Name this FMSPC in the TCB Info instead of the platform's (scenario).")

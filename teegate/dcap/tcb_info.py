@@ -20,7 +20,7 @@ import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -31,6 +31,7 @@ __all__ = [
     "MAX_LIST_ITEMS",
     "MODULE_STATUSES",
     "TCB_STATUSES",
+    "TCB_STATUS_NAMES",
     "ModuleTcbLevel",
     "TcbInfo",
     "TcbLevel",
@@ -41,18 +42,17 @@ __all__ = [
     "tdx_module_status",
 ]
 
-#: Status names a TCB level may carry (TCB Info v2/v3).
-TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
+#: Status names a TCB level may carry (TCB Info v2/v3), best first.
+TCB_STATUS_NAMES: Final = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
 )
+TCB_STATUSES = frozenset(TCB_STATUS_NAMES)
 #: Status names a TDX module identity TCB level (and a QE identity level) may carry.
 MODULE_STATUSES = frozenset({"UpToDate", "OutOfDate", "Revoked"})
 

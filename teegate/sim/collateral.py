@@ -16,20 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from teegate.dcap.collateral import Collateral
+from teegate.dcap.tcb_info import TCB_STATUS_NAMES
 from teegate.sim.engine import QeParams, raw_signature
 from teegate.sim.pki import make_crl
 
 __all__ = ["TCB_STATUSES", "CollateralInputs", "build_collateral"]
 
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
+#: The TCB statuses a simulated platform can be given (Intel's names, best first).
+TCB_STATUSES = TCB_STATUS_NAMES
 #: Advisory IDs attached to non-UpToDate simulated levels (clearly not Intel's).
 SIM_ADVISORIES = ("SIM-SA-00001", "SIM-SA-00002")
 TCB_EVALUATION_DATA_NUMBER = 17
