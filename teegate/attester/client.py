@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import json
 import logging
 import random
@@ -53,6 +52,7 @@ from teegate.kbs.protocol import (
     parse_json,
     runtime_data_digest,
 )
+from teegate.net import is_loopback
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -129,15 +129,6 @@ def load_initdata(path: Path) -> InitDataFile:
     if algorithm not in _INITDATA_ALGORITHMS:
         raise ConfigError(f"--initdata algorithm {algorithm!r}; use sha256, sha384 or sha512")
     return InitDataFile(body=text, digest=hashlib.new(_INITDATA_ALGORITHMS[algorithm], raw).digest())
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
@@ -217,7 +208,7 @@ class KbsClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"KBS URL {url!r} must be http(s)://host[:port]")
-        if parts.scheme == "http" and not insecure_http and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not insecure_http and not is_loopback(parts.hostname):
             raise ConfigError(
                 f"KBS URL {url!r} is plain HTTP off loopback: the KBS would not be authenticated; "
                 "use https:// (with --cert-file) or pass --insecure-http"

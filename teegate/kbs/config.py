@@ -28,7 +28,6 @@ resource backend), ``TEEGATE_KBS_POSTGRES_URL`` (PostgreSQL state), ``TEEGATE_KB
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from teegate.kbs.paths import default_data_dir
 from teegate.kbs.policy import PolicyVm
 from teegate.kbs.session import DEFAULT_SESSION_TIMEOUT_SECONDS, SESSION_KEY_ENV
 from teegate.kbs.storage.base import Backend, StateBackend, StorageSettings
+from teegate.net import is_loopback
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -95,16 +95,6 @@ _SECTIONS: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(),  # validated by AdminAuthConfig
     "storage": frozenset(),  # validated by StorageSettings
 }
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (or ``localhost``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_listen(text: str) -> tuple[str, int]:

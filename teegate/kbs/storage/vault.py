@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import ssl
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from teegate.kbs.storage.base import (
     ResourcePath,
     check_resource,
 )
+from teegate.net import is_loopback
 
 __all__ = ["MAX_VAULT_RESPONSE_BYTES", "MAX_VAULT_TOKEN_BYTES", "VaultResourceStore"]
 
@@ -37,17 +37,6 @@ __all__ = ["MAX_VAULT_RESPONSE_BYTES", "MAX_VAULT_TOKEN_BYTES", "VaultResourceSt
 MAX_VAULT_RESPONSE_BYTES = MAX_RESOURCE_BYTES * 2 + 64 * 1024
 #: Largest Vault token file accepted.
 MAX_VAULT_TOKEN_BYTES = 4096
-
-_LOOPBACK_NAMES = frozenset({"localhost"})
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class VaultResourceStore:
@@ -66,7 +55,7 @@ class VaultResourceStore:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigError(f"storage: vault_url {url!r} must be an https:// URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ConfigError(
                 f"storage: vault_url {url!r} is plain HTTP to a non-loopback host; use https://"
             )

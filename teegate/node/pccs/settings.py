@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from teegate.collateral.settings import CollateralSettings, source_from_settings
 from teegate.errors import ConfigError
+from teegate.net import is_loopback
 from teegate.node.pccs.app import Mode, PccsService
 from teegate.node.pccs.store import open_store
 
 __all__ = ["DEFAULT_LISTEN", "PccsSettings", "build_service"]
 
 DEFAULT_LISTEN = "127.0.0.1:8081"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +39,7 @@ class PccsSettings:
             raise ConfigError(f"mode {self.mode} needs --upstream URL, --sim-platform DIR or --directory D")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("give both --tls-cert and --tls-key, or neither")
-        if self.tls_cert is None and not _is_loopback(self.host) and not self.insecure_http:
+        if self.tls_cert is None and not is_loopback(self.host) and not self.insecure_http:
             raise ConfigError(
                 f"refusing plain HTTP on {self.host}: give --tls-cert/--tls-key, listen on loopback, "
                 "or pass --insecure-http"
@@ -66,7 +57,7 @@ class PccsSettings:
     def insecure(self) -> list[str]:
         """Insecure options in force, named for the start line."""
         out = []
-        if not self.tls and not _is_loopback(self.host):
+        if not self.tls and not is_loopback(self.host):
             out.append("--insecure-http: plain HTTP off loopback")
         if self.upstream is not None and self.upstream.verify_tls is False:
             out.append("upstream TLS verification disabled")
