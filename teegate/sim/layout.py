@@ -11,6 +11,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field, replace
 
+from teegate.dcap.tdreport import TDREPORT_SIZE, check_tdreport
 from teegate.errors import ParseError
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
 SGX_REPORT_BODY_SIZE = 384
 TD_REPORT10_SIZE = 584
 TD_REPORT15_SIZE = 648
-TDREPORT_SIZE = 1024
 REPORT_DATA_SIZE = 64
 
 #: TD attributes: bit 0 DEBUG, bit 28 SEPT_VE_DISABLE (set in production TDs).
@@ -219,16 +219,6 @@ class TdReport:
             mr_owner_config=info[160:208],
             rtmrs=(rtmrs[0], rtmrs[1], rtmrs[2], rtmrs[3]),
             mr_servicetd=info[400:448],
-        )
-
-
-def check_tdreport(report: bytes) -> None:
-    """Size and REPORTTYPE (0x81, subtype 0, version 0|1, reserved 0) of a TDREPORT."""
-    if len(report) != TDREPORT_SIZE:
-        raise ParseError("tdreport", f"{len(report)} bytes, expected {TDREPORT_SIZE}")
-    if report[0] != 0x81 or report[1] != 0 or report[2] not in (0, 1) or report[3] != 0:
-        raise ParseError(
-            "tdreport.report_type", f"{report[:4].hex()} is not a TDX TDREPORT (81 00 00|01 00)", offset=0
         )
 
 

@@ -10,6 +10,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from teegate.dcap.tdreport import TDREPORT_SIZE, check_tdreport
 from teegate.errors import ParseError
 
 __all__ = [
@@ -49,7 +50,6 @@ MAJOR_VERSION = 1
 MINOR_VERSION = 1
 FRAME_PREFIX_SIZE = 4
 HEADER_SIZE = 16
-TDREPORT_SIZE = 1024
 #: Largest qgs_msg accepted or produced (QEMU caps the guest buffer at 128 KiB).
 MAX_MESSAGE_SIZE = 128 * 1024
 #: Largest quote a response may carry.
@@ -212,16 +212,6 @@ def _sized(body: bytes, offset: int, sizes: tuple[int, ...], what: tuple[str, ..
     if offset != len(body):
         raise ParseError("qgs_msg", f"{len(body) - offset} trailing bytes", offset=HEADER_SIZE + offset)
     return out
-
-
-def check_tdreport(report: bytes) -> None:
-    """Check a TDREPORT's size and REPORTTYPE (type 0x81, subtype 0, version 0|1, reserved 0)."""
-    if len(report) != TDREPORT_SIZE:
-        raise ParseError("tdreport", f"{len(report)} bytes, expected {TDREPORT_SIZE}")
-    if report[0] != 0x81 or report[1] != 0 or report[2] not in (0, 1) or report[3] != 0:
-        raise ParseError(
-            "tdreport.report_type", f"{report[:4].hex()} is not a TDX TDREPORT (81 00 00|01 00)", offset=0
-        )
 
 
 def encode_quote_request(report: bytes, id_list: bytes = b"") -> bytes:
