@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import enum
 import json
 import os
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from teegate.errors import ConfigError, TeegateError
+from teegate.files import write_private
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -714,35 +714,6 @@ def mint_admin_token(
 # --- key and token files (I/O; used by `kbs serve` at start) ---------------------------------
 
 
-def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` atomically with mode 0600 (temp file, fsync, rename).
-
-    With ``exclusive`` an existing ``path`` is kept and False returned (first writer wins).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if not exclusive:
-            os.replace(temp, path)
-            return True
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(temp)
-        return True
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def load_or_create_admin_key(path: Path) -> _PrivateKey:
     """The admin signing key at ``path``; a new Ed25519 key (PKCS#8 PEM, 0600) if absent."""
     try:
@@ -755,7 +726,7 @@ def load_or_create_admin_key(path: Path) -> _PrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     try:
-        created = _write_private(path, pem, exclusive=True)
+        created = write_private(path, pem, exclusive=True)
     except OSError as exc:
         raise AdminKeyFileError(f"cannot write admin key {path}: {exc.strerror}") from None
     if not created:  # another process created it first: use theirs
@@ -766,6 +737,6 @@ def load_or_create_admin_key(path: Path) -> _PrivateKey:
 def write_admin_token(path: Path, token: str) -> None:
     """Write an admin token file (mode 0600, atomic) as ``teegate kbs admin`` expects it."""
     try:
-        _write_private(path, token.encode("ascii") + b"\n")
+        write_private(path, token.encode("ascii") + b"\n")
     except OSError as exc:
         raise AdminKeyFileError(f"cannot write admin token {path}: {exc.strerror}") from None

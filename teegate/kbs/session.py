@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from teegate.errors import ConfigError, EvidenceError
+from teegate.files import write_private
 from teegate.kbs.protocol import HashAlgorithm, Tee, sorted_json
 
 __all__ = [
@@ -237,17 +238,10 @@ def _read_key_file(path: Path) -> SessionSealer:
 
 def _create_key_file(path: Path) -> None:
     """Write a fresh base64 key to ``path`` (0600) unless it exists (first writer wins)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return
+        write_private(path, base64.b64encode(secrets.token_bytes(_KEY_BYTES)) + b"\n", exclusive=True)
     except OSError as exc:
         raise ConfigError(f"cannot create session key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(_KEY_BYTES)) + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def load_session_key(path: Path | None = None, *, generated: Path | None = None) -> SessionSealer:

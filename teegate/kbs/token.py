@@ -17,10 +17,7 @@ insecure ``insecure_header_jwk`` option is on).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -34,6 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from teegate.errors import ConfigError, EvidenceError
+from teegate.files import write_private
 from teegate.kbs.protocol import TeePubKey, sorted_json
 
 __all__ = [
@@ -94,26 +92,6 @@ def ear_claims(
     }
 
 
-def _write_private(path: Path, data: bytes) -> bool:
-    """Create ``path`` (0600) with ``data`` unless it exists; True if this call created it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-
-
 def load_or_create_token_key(path: Path, *, create: bool = True) -> ec.EllipticCurvePrivateKey:
     """The P-256 token key at ``path``; generated (PKCS#8 PEM, 0600) the first time if ``create``."""
     if not create and not path.exists():
@@ -132,7 +110,7 @@ def load_or_create_token_key(path: Path, *, create: bool = True) -> ec.EllipticC
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         try:
-            if _write_private(path, pem):
+            if write_private(path, pem, exclusive=True):
                 return fresh
         except OSError as exc:
             raise ConfigError(f"cannot write token key {path}: {exc.strerror}") from None

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from teegate.dcap.anchors import TrustAnchor
 from teegate.dcap.collateral import Collateral
 from teegate.errors import ConfigError
+from teegate.files import write_private
 from teegate.sim import pki
 from teegate.sim.collateral import TCB_STATUSES, CollateralInputs, build_collateral
 from teegate.sim.engine import QeParams, QuoteEngine
@@ -215,21 +216,6 @@ def _check_status(status: str) -> str:
     raise ConfigError(f"unknown TCB status {status!r}; choose one of {', '.join(TCB_STATUSES)}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_bounded(path: Path, limit: int) -> bytes:
     try:
         with path.open("rb") as f:
@@ -378,7 +364,7 @@ class SimPlatform:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(path / f"{name}.key.pem", pem)
+            write_private(path / f"{name}.key.pem", pem)
         # platform.json last and without overwriting (os.link fails if the name exists).
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".platform.json.")
         try:
