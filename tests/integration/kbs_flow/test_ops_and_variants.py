@@ -235,44 +235,23 @@ def test_cli_serve_dev(tmp_path: Path) -> None:
     assert (tmp_path / "sim-platform" / "platform.json").is_file()
 
 
-def test_cli_refuses_dev_off_loopback(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "teegate.cli",
-            "kbs",
-            "serve",
-            "--dev",
-            "--data-dir",
-            str(tmp_path),
-            "--listen",
-            "0.0.0.0:0",
-        ],
+def _serve_refused(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``teegate kbs serve ARGS`` run to its refusal (exit 1 before listening)."""
+    return subprocess.run(
+        [sys.executable, "-m", "teegate.cli", "kbs", "serve", *args],
         check=False,
         capture_output=True,
         timeout=60,
     )
+
+
+def test_cli_refuses_dev_off_loopback(tmp_path: Path) -> None:
+    r = _serve_refused("--dev", "--data-dir", str(tmp_path), "--listen", "0.0.0.0:0")
     assert r.returncode == 1 and b"loopback only" in r.stderr
 
 
 def test_cli_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "teegate.cli",
-            "kbs",
-            "serve",
-            "--data-dir",
-            str(tmp_path),
-            "--listen",
-            "0.0.0.0:0",
-        ],
-        check=False,
-        capture_output=True,
-        timeout=60,
-    )
+    r = _serve_refused("--data-dir", str(tmp_path), "--listen", "0.0.0.0:0")
     assert r.returncode == 1 and b"refusing plain HTTP" in r.stderr
 
 
