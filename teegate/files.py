@@ -1,13 +1,15 @@
-"""Writing private files (keys, tokens): mode 0600, never seen half-written."""
+"""Files the services read and write: private ones (keys, tokens) written 0600 and never seen
+half-written; bounded reads of configured files."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["read_bounded", "write_private"]
 
 
 def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
@@ -39,3 +41,19 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def read_bounded(path: Path, limit: int, what: str, error: Callable[[str], Exception]) -> bytes:
+    """The bytes of ``path``, refusing more than ``limit`` of them (read stops at limit + 1).
+
+    Failures raise ``error(message)``: "cannot read WHAT PATH: REASON" or "WHAT PATH is larger
+    than LIMIT bytes".
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} is larger than {limit} bytes")
+    return data

@@ -43,6 +43,7 @@ from teegate.attester.keys import MAX_JWE_BYTES, KeyAlgorithm, TeeKey
 from teegate.attester.providers.base import EvidenceProvider
 from teegate.attester.uri import ResourceRef
 from teegate.errors import ConfigError, TeegateError
+from teegate.files import read_bounded
 from teegate.kbs.protocol import (
     MAX_INIT_DATA_BYTES,
     MAX_NONCE_CHARS,
@@ -113,13 +114,7 @@ class InitDataFile:
 
 def load_initdata(path: Path) -> InitDataFile:
     """Read an init-data TOML file (Trustee's ``{version, algorithm, data}``) and digest its raw bytes."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_INIT_DATA_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read --initdata {path}: {exc.strerror}") from None
-    if len(raw) > MAX_INIT_DATA_BYTES:
-        raise ConfigError(f"--initdata {path} is larger than {MAX_INIT_DATA_BYTES} bytes")
+    raw = read_bounded(path, MAX_INIT_DATA_BYTES, "--initdata", ConfigError)
     try:
         text = raw.decode("utf-8")
         document = tomllib.loads(text)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from teegate.files import read_bounded
 from teegate.kbs.admin_auth import MAX_ADMIN_TOKEN_BYTES, load_private_key, mint_admin_token
 from teegate.kbs.admin_client import (
     DEFAULT_KBS_URL,
@@ -39,14 +40,7 @@ _MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def _read_file(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise click.ClickException(f"{what} {path} is larger than {limit} bytes")
-    return data
+    return read_bounded(path, limit, what, click.ClickException)
 
 
 def _token_from_file(path: Path) -> str:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from teegate.errors import ConfigError, TeegateError
-from teegate.files import write_private
+from teegate.files import read_bounded, write_private
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -335,14 +335,7 @@ def _provider_from(item: Any, index: int, base_dir: Path | None) -> IdentityProv
 
 
 def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_JWKS_BYTES + 1)
-    except OSError as exc:
-        raise AdminKeyFileError(f"cannot read admin key file {path}: {exc.strerror}") from None
-    if len(data) > MAX_JWKS_BYTES:
-        raise AdminKeyFileError(f"admin key file {path} is larger than {MAX_JWKS_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_JWKS_BYTES, "admin key file", AdminKeyFileError)
 
 
 def load_public_keys_pem(data: bytes, *, source: str = "PEM") -> tuple[AdminPublicKey, ...]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from teegate.errors import ConfigError
+from teegate.files import read_bounded
 from teegate.kbs.admin_auth import AdminAuthConfig
 from teegate.kbs.paths import default_data_dir
 from teegate.kbs.policy import PolicyVm
@@ -254,13 +255,7 @@ def load_settings(
     doc: dict[str, Any] = {}
     base: Path | None = None
     if config_path is not None:
-        try:
-            with config_path.open("rb") as handle:
-                raw = handle.read(_MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read KBS config {config_path}: {exc.strerror}") from None
-        if len(raw) > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"KBS config {config_path} is larger than {_MAX_CONFIG_BYTES} bytes")
+        raw = read_bounded(config_path, _MAX_CONFIG_BYTES, "KBS config", ConfigError)
         try:
             doc = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

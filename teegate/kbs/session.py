@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from teegate.errors import ConfigError, EvidenceError
-from teegate.files import write_private
+from teegate.files import read_bounded, write_private
 from teegate.kbs.protocol import HashAlgorithm, Tee, sorted_json
 
 __all__ = [
@@ -218,13 +218,7 @@ class SessionSealer:
 
 
 def _read_key_file(path: Path) -> SessionSealer:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read session key {path}: {exc.strerror}") from None
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise ConfigError(f"session key file {path} is larger than {_MAX_KEY_FILE_BYTES} bytes")
+    data = read_bounded(path, _MAX_KEY_FILE_BYTES, "session key file", ConfigError)
     if len(data) == _KEY_BYTES:
         return SessionSealer(data)
     try:

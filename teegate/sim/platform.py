@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from teegate.dcap.anchors import TrustAnchor
 from teegate.dcap.collateral import Collateral
 from teegate.errors import ConfigError
-from teegate.files import write_private
+from teegate.files import read_bounded, write_private
 from teegate.sim import pki
 from teegate.sim.collateral import TCB_STATUSES, CollateralInputs, build_collateral
 from teegate.sim.engine import QeParams, QuoteEngine
@@ -216,17 +216,6 @@ def _check_status(status: str) -> str:
     raise ConfigError(f"unknown TCB status {status!r}; choose one of {', '.join(TCB_STATUSES)}")
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise ConfigError(f"{path} is larger than {limit} bytes")
-    return data
-
-
 class SimPlatform:
     """A simulated TDX/SGX platform. Build with :meth:`create` or :meth:`load`."""
 
@@ -388,14 +377,18 @@ class SimPlatform:
         """Load the platform stored in ``directory``."""
         path = Path(directory)
         state = _State.from_json(
-            _read_bounded(path / PLATFORM_FILE, MAX_PLATFORM_FILE).decode("utf-8", "replace"),
+            read_bounded(path / PLATFORM_FILE, MAX_PLATFORM_FILE, "platform file", ConfigError).decode(
+                "utf-8", "replace"
+            ),
             path / PLATFORM_FILE,
         )
         keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         for name in _KEYS:
             key_path = path / f"{name}.key.pem"
             try:
-                key = serialization.load_pem_private_key(_read_bounded(key_path, MAX_KEY_FILE), password=None)
+                key = serialization.load_pem_private_key(
+                    read_bounded(key_path, MAX_KEY_FILE, "key file", ConfigError), password=None
+                )
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
             if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
