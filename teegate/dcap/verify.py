@@ -61,6 +61,7 @@ from teegate.dcap.pck import PckExtensions, parse_pck_extensions, pck_ca_of
 from teegate.dcap.qe_identity import QeIdentity, match_qe_report, parse_qe_identity
 from teegate.dcap.quote import INTEL_QE_VENDOR_ID, Quote, TdReport10, TdReport15, parse_quote
 from teegate.dcap.tcb_info import (
+    TCB_STATUS_NAMES,
     ModuleTcbLevel,
     TcbInfo,
     match_tcb_levels,
@@ -104,18 +105,9 @@ STEP_TDX_MODULE: Final = "10 TDX module"
 STEP_TCB_LEVEL: Final = "11 TCB level"
 STEP_MERGE: Final = "12 merged status"
 
-#: Every status a verdict can carry (TCB status names as Intel spells them).
-STATUSES: Final = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "TDRelaunchAdvised",
-    "TDRelaunchAdvisedConfigurationNeeded",
-    "Revoked",
-)
+#: Every status a verdict can carry (TCB status names as Intel spells them): a TCB level's, or
+#: one of the two that merging a TDX module identity adds.
+STATUSES: Final = (*TCB_STATUS_NAMES, "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded")
 
 #: Entries kept in each warm cache of a verifier (platforms, PCK chains, QE reports).
 MAX_CACHED_ENTRIES: Final = 256
