@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +24,20 @@ from teegate.kbs.protocol import (
     TeePubKey,
     runtime_data_digest,
 )
+from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
+
+
+def put_resource(data_dir: Path, path: str, data: bytes) -> None:
+    """Store resource ``path`` in the KBS's default (SQLite) store under ``data_dir``."""
+
+    async def put() -> None:
+        storage = await open_storage(StorageSettings(data_dir=data_dir))
+        try:
+            await storage.resources.set(ResourcePath.parse(path), data)
+        finally:
+            await storage.close()
+
+    asyncio.run(put())
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from teegate.kbs.admin_auth import load_or_create_admin_key, mint_admin_token
 from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
 from teegate.kbs.paths import admin_key_path
-from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
-from tests.integration.kbs_flow.harness import Guest, error_type, serve
+from teegate.kbs.storage import StorageSettings
+from tests.integration.kbs_flow.harness import Guest, error_type, put_resource, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -36,14 +35,6 @@ def _settings(tmp_path: Path, **extra: object) -> KbsSettings:
     return KbsSettings(data_dir=tmp_path, storage=StorageSettings(data_dir=tmp_path), **values)  # type: ignore[arg-type]
 
 
-async def _put(tmp_path: Path, path: str, data: bytes) -> None:
-    storage = await open_storage(StorageSettings(data_dir=tmp_path))
-    try:
-        await storage.resources.set(ResourcePath.parse(path), data)
-    finally:
-        await storage.close()
-
-
 @pytest.fixture(scope="module")
 def clock() -> Clock:
     return Clock()
@@ -52,7 +43,7 @@ def clock() -> Clock:
 @pytest.fixture(scope="module")
 def kbs(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[str]:
     data = tmp_path_factory.mktemp("kbs-negatives")
-    asyncio.run(_put(data, "default/key/1", b"secret"))
+    put_resource(data, "default/key/1", b"secret")
     with serve(build_app(_settings(data, max_body_bytes=64 * 1024), clock=clock)) as url:
         yield url
 
@@ -201,7 +192,7 @@ def test_missing_resource(guest: Guest) -> None:
 
 def test_policy_deny_outside_dev_profile(tmp_path: Path) -> None:
     """teegate's default resource policy refuses non-affirming evidence (sample is contraindicated)."""
-    asyncio.run(_put(tmp_path, "default/key/1", b"secret"))
+    put_resource(tmp_path, "default/key/1", b"secret")
     with serve(build_app(_settings(tmp_path, dev=False))) as url:
         g = Guest(url)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -25,24 +24,16 @@ from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
 from teegate.kbs.paths import admin_key_path
 from teegate.kbs.protocol import TeePubKey, device_binding_digest
-from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
-from tests.integration.kbs_flow.harness import Guest, error_type, serve
+from teegate.kbs.storage import StorageSettings
+from tests.integration.kbs_flow.harness import Guest, error_type, put_resource, serve
 from tests.netutil import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
-async def _put(tmp_path: Path, path: str, data: bytes) -> None:
-    storage = await open_storage(StorageSettings(data_dir=tmp_path))
-    try:
-        await storage.resources.set(ResourcePath.parse(path), data)
-    finally:
-        await storage.close()
-
-
 @pytest.fixture
 def kbs(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    asyncio.run(_put(tmp_path, "default/key/1", b"secret-1"))
+    put_resource(tmp_path, "default/key/1", b"secret-1")
     settings = KbsSettings(
         data_dir=tmp_path,
         storage=StorageSettings(data_dir=tmp_path),

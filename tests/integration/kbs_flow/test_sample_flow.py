@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ from jwcrypto import jwk as jw_jwk
 
 from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
-from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
-from tests.integration.kbs_flow.harness import Guest, serve
+from teegate.kbs.storage import StorageSettings
+from tests.integration.kbs_flow.harness import Guest, put_resource, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -33,17 +32,9 @@ def _settings(tmp_path: Path, **extra: object) -> KbsSettings:
     return KbsSettings(data_dir=tmp_path, storage=StorageSettings(data_dir=tmp_path), **values)  # type: ignore[arg-type]
 
 
-async def _put(tmp_path: Path, path: str, data: bytes) -> None:
-    storage = await open_storage(StorageSettings(data_dir=tmp_path))
-    try:
-        await storage.resources.set(ResourcePath.parse(path), data)
-    finally:
-        await storage.close()
-
-
 @pytest.fixture
 def kbs(tmp_path: Path) -> Iterator[str]:
-    asyncio.run(_put(tmp_path, "default/key/1", SECRET))
+    put_resource(tmp_path, "default/key/1", SECRET)
     with serve(build_app(_settings(tmp_path))) as url:
         yield url
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -16,9 +15,9 @@ from jwcrypto import jwk as jw_jwk
 from teegate.kbs.app import build_app
 from teegate.kbs.config import KbsSettings
 from teegate.kbs.protocol import pad_report_data
-from teegate.kbs.storage import ResourcePath, StorageSettings, open_storage
+from teegate.kbs.storage import StorageSettings
 from teegate.sim import SimPlatform
-from tests.integration.kbs_flow.harness import Guest, error_type, serve
+from tests.integration.kbs_flow.harness import Guest, error_type, put_resource, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -28,14 +27,6 @@ SECRET = b"tdx-disk-passphrase"
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
     return SimPlatform.create(tmp_path_factory.mktemp("sim") / "platform")
-
-
-async def _put(tmp_path: Path, path: str, data: bytes) -> None:
-    storage = await open_storage(StorageSettings(data_dir=tmp_path))
-    try:
-        await storage.resources.set(ResourcePath.parse(path), data)
-    finally:
-        await storage.close()
 
 
 def _settings(tmp_path: Path, platform: SimPlatform, **extra: object) -> KbsSettings:
@@ -50,7 +41,7 @@ def _settings(tmp_path: Path, platform: SimPlatform, **extra: object) -> KbsSett
 
 @pytest.fixture
 def kbs(tmp_path: Path, platform: SimPlatform) -> Iterator[str]:
-    asyncio.run(_put(tmp_path, "default/tdx-vm-disk/passphrase", SECRET))
+    put_resource(tmp_path, "default/tdx-vm-disk/passphrase", SECRET)
     with serve(build_app(_settings(tmp_path, platform))) as url:
         yield url
 
@@ -227,7 +218,7 @@ def test_sgx_quote_in_tdx_session_refused(kbs: str, platform: SimPlatform) -> No
 def test_out_of_date_tcb_under_strict_policy_is_denied(tmp_path: Path) -> None:
     stale = SimPlatform.create(tmp_path / "stale", tcb_status="OutOfDate")
     data = tmp_path / "kbs"
-    asyncio.run(_put(data, "default/tdx-vm-disk/passphrase", SECRET))
+    put_resource(data, "default/tdx-vm-disk/passphrase", SECRET)
     settings = KbsSettings(
         data_dir=data,
         storage=StorageSettings(data_dir=data),
