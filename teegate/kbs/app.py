@@ -716,6 +716,7 @@ def build_app(
                 storage.reference_values,
                 dev=settings.dev,
                 vm=PolicyVm(settings.policy_vm),
+                refresh_seconds=settings.policy_refresh_seconds,
             )
             if resource_policy_text is not None:
                 await engine.set_resource_policy(resource_policy_text)

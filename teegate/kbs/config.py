@@ -15,7 +15,8 @@ refused. Unknown sections and keys are refused, naming them. Sections:
   ``coco_as_builtin``), ``policy_id`` (attestation policy family, default ``default``).
 * ``[policy_engine]`` (Trustee): ``policy_path`` (resource policy Rego loaded at start);
   teegate: ``policy_vm`` (``builtin`` | ``all`` | ``off``: which policies run on regorus's
-  compiled VM, ADR 0008).
+  compiled VM, ADR 0008), ``refresh_seconds`` (how long a policy version or reference value read
+  from storage is reused, default 1; 0 reads on every request).
 * ``[admin]`` (Trustee, see :mod:`teegate.kbs.admin_auth`); ``[storage]`` (ADR 0002).
 * teegate: ``[kbs] data_dir, insecure_allow_rsa1_5``; ``[session] key_file``;
   ``[verifiers] tdx, sgx, sample, trust_simulated, sim_platform, sim_collateral, collateral_ttl_seconds``;
@@ -78,7 +79,7 @@ _SECTIONS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "attestation_service": frozenset({"timeout", "type", "policy_id"}),
-    "policy_engine": frozenset({"policy_path", "policy_vm"}),
+    "policy_engine": frozenset({"policy_path", "policy_vm", "refresh_seconds"}),
     "kbs": frozenset({"data_dir", "insecure_allow_rsa1_5"}),
     "session": frozenset({"key_file"}),
     "verifiers": frozenset(
@@ -135,6 +136,9 @@ class KbsSettings:
     resource_policy_path: Path | None = None
     #: Which policies run on regorus's compiled VM: "builtin", "all" or "off" (PolicyVm).
     policy_vm: str = "builtin"
+    #: How long a policy version or reference value read from storage is reused (seconds; a
+    #: change made through another replica applies here within this time; 0: every request).
+    policy_refresh_seconds: float = 1.0
     verify_tdx: bool = True
     verify_sgx: bool = True
     allow_sample: bool = False
@@ -174,6 +178,8 @@ class KbsSettings:
             raise ConfigError(
                 f"policy_engine.policy_vm must be one of {list(_POLICY_VM_MODES)}, not {self.policy_vm!r}"
             )
+        if not 0 <= self.policy_refresh_seconds <= 300:
+            raise ConfigError("policy_engine.refresh_seconds must be between 0 and 300")
         if self.dev and not is_loopback(self.listen[0]):
             raise ConfigError(f"--dev listens on loopback only, not {self.listen[0]}")
 
@@ -314,6 +320,9 @@ def load_settings(
     )
     if (vm := _typed(doc.get("policy_engine", {}), "policy_vm", str, "policy_engine")) is not None:
         values["policy_vm"] = vm
+    refresh = _typed(doc.get("policy_engine", {}), "refresh_seconds", (int, float), "policy_engine")
+    if refresh is not None:
+        values["policy_refresh_seconds"] = float(refresh)
     if (flag := _typed(kbs, "insecure_allow_rsa1_5", bool, "kbs")) is not None:
         values["insecure_allow_rsa1_5"] = flag
 

@@ -15,8 +15,10 @@ Trustee-compatible (shared/spec/kbs-protocol.md §3.5, §3.6):
 * teegate extension: a policy may define ``data.policy.reasons`` (a set of strings); it feeds
   explanations and the audit log, and Trustee ignores it.
 
-Policies are compiled once per ``(kind, id, version)`` (the store's cheap ``version()`` is asked
-per request; versions never repeat, so the cache is safe across replicas). Built-in policies
+Policies are compiled once per ``(kind, id, version)`` (versions never repeat, so the cache is
+safe across replicas). The store's ``version()`` answer is reused for ``refresh_seconds``
+(default 1 s, as the RVPS cache): a policy set through this process applies to its next request,
+one set through another replica within that time; 0 asks the store on every request. Built-in policies
 (package data in :mod:`teegate.kbs.policies`) apply when the store holds none under that id.
 Evaluation is synchronous on the caller's thread (tens of microseconds); reference values are
 fetched before evaluation (names found in the policy text) and any name the policy asks for
@@ -35,8 +37,9 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
@@ -133,6 +136,10 @@ RESOURCE_BUILTINS: Final[Mapping[str, str]] = {
 
 #: Most compiled policies kept (LRU); old versions fall out as new ones are set.
 MAX_COMPILED_POLICIES: Final = 64
+#: How long a policy version (and a reference value) read from the store is used before it is
+#: read again: how long a change made through another replica may take to apply here.
+DEFAULT_REFRESH_SECONDS: Final = 1.0
+_MAX_VERSION_ENTRIES: Final = 1024
 #: Most distinct reference values one evaluation may ask for.
 MAX_REFERENCE_QUERIES: Final = 256
 #: Rounds of "fetch what the policy asked for dynamically, then re-evaluate".
@@ -857,11 +864,20 @@ class PolicyEngine:
         rvps: Rvps | None = None,
         cache_size: int = MAX_COMPILED_POLICIES,
         vm: PolicyVm = PolicyVm.BUILTIN,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not refresh_seconds >= 0:
+            raise ValueError(f"refresh_seconds must be >= 0, not {refresh_seconds!r}")
         self.policies = policy_store
         self.vm = vm
-        self.rvps = rvps if rvps is not None else Rvps(rv_store)
+        self.rvps = rvps if rvps is not None else Rvps(rv_store, cache_seconds=refresh_seconds)
         self.dev = dev
+        self._refresh_seconds = refresh_seconds
+        self._monotonic = monotonic
+        # (kind, id) → (when read, stored version or None): the store's answer, reused for
+        # refresh_seconds; cleared when a policy is set through this engine.
+        self._versions: dict[tuple[PolicyKind, str], tuple[float, int | None]] = {}
         self._cache: OrderedDict[tuple[PolicyKind, str, int | None], _Compiled | PolicySyntaxError] = (
             OrderedDict()
         )
@@ -906,9 +922,28 @@ class PolicyEngine:
             raise fresh
         return hit
 
+    async def _version(self, kind: PolicyKind, policy_id: str) -> int | None:
+        """The stored version of a policy (None: none stored), at most ``refresh_seconds`` old."""
+        if self._refresh_seconds <= 0:
+            return await self.policies.version(kind, policy_id)
+        key = (kind, policy_id)
+        now = self._monotonic()
+        hit = self._versions.get(key)
+        if hit is not None and now - hit[0] < self._refresh_seconds:
+            return hit[1]
+        version = await self.policies.version(kind, policy_id)
+        if len(self._versions) >= _MAX_VERSION_ENTRIES:
+            self._versions.clear()
+        self._versions[key] = (now, version)
+        return version
+
+    def forget_versions(self) -> None:
+        """Ask the store again on the next request (a policy changed)."""
+        self._versions.clear()
+
     async def _load(self, kind: PolicyKind, policy_id: str, builtin: str | None) -> _Compiled | None:
         """The compiled stored policy, else the named built-in, else None."""
-        version = await self.policies.version(kind, policy_id)
+        version = await self._version(kind, policy_id)
         if version is not None:
             key = (kind, policy_id, version)
             with self._cache_lock:
@@ -1091,13 +1126,19 @@ class PolicyEngine:
         """Validate (compile) and store; returns the new version. The old policy stays on error."""
         validate_policy_id(policy_id)
         check_policy(PolicyKind.ATTESTATION, policy_id, text)
-        stored = await self.policies.set(PolicyKind.ATTESTATION, policy_id, text)
+        try:
+            stored = await self.policies.set(PolicyKind.ATTESTATION, policy_id, text)
+        finally:
+            self.forget_versions()
         return stored.version
 
     async def set_resource_policy(self, text: str) -> int:
         """Validate (compile) and store the resource policy; returns the new version."""
         check_policy(PolicyKind.RESOURCE, RESOURCE_POLICY_ID, text)
-        stored = await self.policies.set(PolicyKind.RESOURCE, RESOURCE_POLICY_ID, text)
+        try:
+            stored = await self.policies.set(PolicyKind.RESOURCE, RESOURCE_POLICY_ID, text)
+        finally:
+            self.forget_versions()
         return stored.version
 
     async def list_attestation_policies(self) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import os
@@ -62,10 +63,18 @@ MAX_COOKIE_CHARS: Final = 16 * 1024
 MAX_SESSION_STATE_BYTES: Final = 256 * 1024
 #: Most challenges remembered per process for one-time use.
 MAX_LEDGER_ENTRIES: Final = 200_000
+#: Cookies this process sealed or opened lately, kept with their state so the next step of the
+#: handshake on this replica does not decrypt and parse them again.
+MAX_RECENT_SESSIONS: Final = 512
 _KEY_BYTES: Final = 32
 _MAX_KEY_FILE_BYTES: Final = 4096
 _VERSION: Final = "v1"
 _AAD: Final = b"teegate-kbs-session-v1"
+# zlib stream with a 4 KiB window and small hash tables: a session state is a few KiB, and
+# zlib's defaults (32 KiB window, 256 KiB of tables) cost more to set up (tens of µs of fresh
+# pages per cookie) than the compression itself. Any zlib decompressor reads it (v1 unchanged).
+_ZLIB_WBITS: Final = 12
+_ZLIB_MEM_LEVEL: Final = 4
 
 
 class SessionError(EvidenceError):
@@ -140,6 +149,11 @@ class SessionSealer:
         self._aead = AESGCM(key)
         #: True when the key is random per process (single replica only).
         self.ephemeral = ephemeral
+        # Cookie value → its state, for cookies sealed or opened here lately (oldest first). A
+        # value is only ever added with the state it authenticates, so a hit is what decrypting
+        # it would give; expiry is still checked on every open. The states are shared: callers
+        # read them, never change them.
+        self._recent: dict[str, SessionState] = {}
 
     @classmethod
     def generate(cls) -> SessionSealer:
@@ -163,7 +177,8 @@ class SessionSealer:
         if state.claims_json is not None:
             # The claims text is spliced in as it is, not parsed and serialised again.
             text = f'{text[:-1]},"claims":{state.claims_json}}}'
-        plain = zlib.compress(text.encode(), 1)
+        packer = zlib.compressobj(1, zlib.DEFLATED, _ZLIB_WBITS, _ZLIB_MEM_LEVEL)
+        plain = packer.compress(text.encode()) + packer.flush()
         iv = secrets.token_bytes(12)
         value = f"{_VERSION}.{_b64url(iv + self._aead.encrypt(iv, plain, _AAD))}"
         if len(value) > MAX_COOKIE_CHARS:
@@ -171,7 +186,15 @@ class SessionSealer:
                 f"session state of {len(value)} characters exceeds the {MAX_COOKIE_CHARS}-character cookie "
                 "limit; use the returned token as a Bearer token"
             )
+        self._remember(value, state)
         return value
+
+    def _remember(self, value: str, state: SessionState) -> None:
+        recent = self._recent
+        recent[value] = state
+        if len(recent) > MAX_RECENT_SESSIONS:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread got there
+                del recent[next(iter(recent))]
 
     def open(self, value: str | None, *, now: float) -> SessionState:
         """The state sealed in cookie ``value``; raises :class:`SessionError` naming what is wrong."""
@@ -179,6 +202,17 @@ class SessionSealer:
             raise SessionError(f"no {SESSION_COOKIE} cookie; call /kbs/v0/auth first")
         if len(value) > MAX_COOKIE_CHARS:
             raise SessionError(f"{SESSION_COOKIE} cookie longer than {MAX_COOKIE_CHARS} characters")
+        state = self._recent.get(value)
+        if state is None:
+            state = self._unseal(value)
+            self._remember(value, state)
+        if now >= state.expires_at:
+            raise SessionError(
+                f"session expired at {state.expires_at} (now {int(now)}); call /kbs/v0/auth again"
+            )
+        return state
+
+    def _unseal(self, value: str) -> SessionState:
         version, _, body = value.partition(".")
         if version != _VERSION:
             raise SessionError(f"{SESSION_COOKIE} cookie is not a session issued by this KBS")
@@ -210,10 +244,6 @@ class SessionSealer:
                 f"{SESSION_COOKIE} cookie does not authenticate (forged, corrupted, or sealed with another "
                 "replica's key)"
             ) from None
-        if now >= state.expires_at:
-            raise SessionError(
-                f"session expired at {state.expires_at} (now {int(now)}); call /kbs/v0/auth again"
-            )
         return state
 
 

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teegate.dcap import pck
 from teegate.dcap.pck import SGX_EXTENSION_OID, parse_sgx_extension, pck_ca_of
@@ -195,3 +197,54 @@ def test_real_leaf_issuer_raw_and_name_paths_agree(name: str) -> None:
     raw = leaf.issuer.public_bytes()
     assert raw in der
     assert pck_ca_of(leaf, issuer_der=raw) == pck_ca_of(leaf)
+
+
+# --- quote text: the one-pass base64 path agrees with the careful decoder -----------------------
+
+_TEXT_ALPHABET = "ABCDEFabcdef0123456789xX+/-_= \n\t"
+
+
+def _both(text: bytes) -> tuple[bytes | str, bytes | str]:
+    from teegate.dcap.quote import _decode_text, decode_quote_text
+
+    def run(fn: object) -> bytes | str:
+        try:
+            return fn(text)  # type: ignore[operator,no-any-return]
+        except ParseError:
+            return "refused"
+
+    return run(decode_quote_text), run(_decode_text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=_TEXT_ALPHABET, min_size=1, max_size=24))
+def test_quote_text_fast_path_agrees_with_careful_decoder(text: str) -> None:
+    fast, careful = _both(text.encode())
+    assert fast == careful
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"AAAA", b"AAAA====", b"AAAA=", b"AAA=", b"AA==", b"AA=A", b"=AAA", b"0xAAAA", b"BAAC", b"QUJD"],
+)
+def test_quote_text_fast_path_edge_cases(text: bytes) -> None:
+    fast, careful = _both(text)
+    assert fast == careful
+
+
+def test_real_quotes_in_base64_take_the_one_pass_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from teegate.dcap import quote as quote_module
+    from tests.unit.dcap_parse._vectors import quote_files
+
+    vectors = vectors_dir()
+    quotes = [load(vectors, name) for name in quote_files(vectors)]
+    assert quotes
+
+    def careful(raw: bytes) -> bytes:
+        raise AssertionError("the careful decoder ran for canonical base64")
+
+    monkeypatch.setattr(quote_module, "_decode_text", careful)
+    for data in quotes:
+        assert quote_module.decode_quote_text(base64.b64encode(data).decode()) == data

@@ -131,11 +131,13 @@ async def test_custom_policy_replaces_builtin_and_cache_follows_versions(
     )
     b = await engine.appraise("tdx", tdx_claims())
     assert (b.status, b.policy_version) == ("contraindicated", 2)
-    # A second replica over the same store sees the update at once.
+    # A second replica over the same store reads the current version on its first request.
     other = PolicyEngine(storage.policies, storage.reference_values)
     assert (await other.appraise("tdx", tdx_claims())).policy_version == 2
-    # Deleting the stored policy falls back to the built-in one (the version is never reused).
+    # Deleting the stored policy (behind the engine's back) falls back to the built-in one once
+    # the engine reads the store again (the version is never reused).
     await storage.policies.delete(PolicyKind.ATTESTATION, "default_cpu")
+    engine.forget_versions()
     c = await engine.appraise("tdx", tdx_claims())
     assert c.policy_version is None and c.explanation["policy"] == "default_cpu"
     await engine.set_attestation_policy("default_cpu", mine)

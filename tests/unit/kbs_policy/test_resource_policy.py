@@ -138,6 +138,7 @@ async def test_broken_policies_deny_with_reason(engine: PolicyEngine, storage: S
     assert not d.allowed and 'data.policy.allow is "yes", not true' in d.reason
     # A policy that does not compile but got into the store anyway (older version, direct DB edit).
     await storage.policies.set(PolicyKind.RESOURCE, RESOURCE_POLICY_ID, "package policy\nallow {")
+    engine.forget_versions()  # it was stored behind the engine's back
     d = await engine.resource_allowed(token(("cpu0", "affirming", TDX)), PATH)
     assert not d.allowed and "does not compile" in d.reason and d.policy_version == 3
 
@@ -160,19 +161,54 @@ async def test_bad_resource_policy_refused_and_old_kept(engine: PolicyEngine, te
 
 
 async def test_cache_follows_updates_across_replicas(engine: PolicyEngine, storage: Storage) -> None:
-    replica = PolicyEngine(storage.policies, storage.reference_values)
+    # Another replica (here a second engine over the same store) reads a policy's version at most
+    # refresh_seconds (1 s by default) after it last did: a change applies there within 1 s.
+    now = [100.0]
+    replica = PolicyEngine(storage.policies, storage.reference_values, monotonic=lambda: now[0])
+
+    def later() -> None:
+        now[0] += 1.0
+
     t = token(("cpu0", "warning", TDX))
     assert not (await replica.resource_allowed(t, PATH)).allowed
     await _use(engine, "allow-all")
+    assert not (await replica.resource_allowed(t, PATH)).allowed  # read less than 1 s ago
+    later()
     assert (await replica.resource_allowed(t, PATH)).allowed
     compilations = replica.compilations
     for _ in range(5):
+        later()
         assert (await replica.resource_allowed(t, PATH)).allowed
     assert replica.compilations == compilations
     await _use(engine, "deny-all")
+    later()
     assert not (await replica.resource_allowed(t, PATH)).allowed
     await storage.policies.delete(PolicyKind.RESOURCE, RESOURCE_POLICY_ID)
+    later()
     assert not (await replica.resource_allowed(t, PATH)).allowed  # back to the built-in default
     await _use(engine, "allow-all")  # version 4, never 2 again
+    later()
     d = await replica.resource_allowed(t, PATH)
     assert d.allowed and d.policy_version == 4
+
+
+async def test_policy_set_here_applies_to_the_next_request(storage: Storage) -> None:
+    # The engine a policy is set through forgets the versions it read: no refresh wait here.
+    frozen = PolicyEngine(storage.policies, storage.reference_values, monotonic=lambda: 5.0)
+    t = token(("cpu0", "warning", TDX))
+    assert not (await frozen.resource_allowed(t, PATH)).allowed
+    await _use(frozen, "allow-all")
+    assert (await frozen.resource_allowed(t, PATH)).allowed
+    await _use(frozen, "deny-all")
+    assert not (await frozen.resource_allowed(t, PATH)).allowed
+
+
+async def test_refresh_zero_reads_the_store_on_every_request(storage: Storage) -> None:
+    eager = PolicyEngine(storage.policies, storage.reference_values, refresh_seconds=0, monotonic=lambda: 5.0)
+    writer = PolicyEngine(storage.policies, storage.reference_values)
+    t = token(("cpu0", "warning", TDX))
+    assert not (await eager.resource_allowed(t, PATH)).allowed
+    await _use(writer, "allow-all")
+    assert (await eager.resource_allowed(t, PATH)).allowed
+    with pytest.raises(ValueError, match="refresh_seconds"):
+        PolicyEngine(storage.policies, storage.reference_values, refresh_seconds=-1)

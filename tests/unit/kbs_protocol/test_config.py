@@ -16,7 +16,7 @@ def test_defaults_without_config(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path and settings.listen == ("127.0.0.1", 8080)
     assert not settings.allow_sample and not settings.trust_simulated and settings.verify_tdx
     assert settings.storage.backend is Backend.SQLITE and settings.session_timeout_seconds == 300
-    assert settings.policy_vm == "builtin"
+    assert settings.policy_vm == "builtin" and settings.policy_refresh_seconds == 1.0
     assert settings.insecure_options() == []
     settings.check_transport()
 
@@ -41,6 +41,7 @@ timeout = 2
 [policy_engine]
 policy_path = "policy.rego"
 policy_vm = "all"
+refresh_seconds = 0
 
 [verifiers]
 sample = true
@@ -58,6 +59,7 @@ sample = true
     assert settings.max_body_bytes == 4 * 1024 * 1024 and settings.token_ttl_seconds == 600
     assert settings.session_timeout_seconds == 120 and settings.allow_sample
     assert settings.resource_policy_path == tmp_path / "policy.rego" and settings.policy_vm == "all"
+    assert settings.policy_refresh_seconds == 0.0
     assert (
         settings.storage.backend is Backend.DIRECTORY and settings.storage.directory_root == tmp_path / "res"
     )
@@ -76,6 +78,9 @@ sample = true
         ("[attestation_service]\ntype = 'coco_as_grpc'\n", "coco_as_builtin"),
         ("[verifiers]\ntrust_simulated = true\n", "sim_platform"),
         ("[policy_engine]\npolicy_vm = 'fast'\n", "policy_vm must be one of"),
+        ("[policy_engine]\nrefresh_seconds = -1\n", "refresh_seconds must be between"),
+        ("[policy_engine]\nrefresh_seconds = nan\n", "refresh_seconds must be between"),
+        ("[policy_engine]\nrefresh_seconds = true\n", "wrong type"),
         ("not toml = = =", "kbs.toml"),
     ],
 )

@@ -62,6 +62,55 @@ def test_open_refuses_forged_expired_foreign() -> None:
             sealer.open(bad, now=NOW)
 
 
+def _count_decryptions(sealer: SessionSealer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    decrypted: list[str] = []
+    unseal = sealer._unseal
+
+    def counting(value: str) -> SessionState:
+        decrypted.append(value)
+        return unseal(value)
+
+    monkeypatch.setattr(sealer, "_unseal", counting)
+    return decrypted
+
+
+def test_recent_cookies_open_without_decrypting_but_still_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    sealer = SessionSealer(os.urandom(32))
+    decrypted = _count_decryptions(sealer, monkeypatch)
+    attested = _state().with_claims({"exp": 1, "submods": {"cpu0": {}}})
+    cookie = sealer.seal(attested)
+    opened = sealer.open(cookie, now=NOW)
+    assert opened == attested and opened.claims == attested.claims and decrypted == []
+    with pytest.raises(SessionError, match="expired"):  # a remembered cookie still expires
+        sealer.open(cookie, now=NOW + 300)
+    # A cookie sealed by another replica is decrypted once, then remembered.
+    key = os.urandom(32)
+    here, there = SessionSealer(key), SessionSealer(key)
+    decrypted = _count_decryptions(here, monkeypatch)
+    fresh = _state()
+    foreign = there.seal(fresh)
+    assert here.open(foreign, now=NOW) == here.open(foreign, now=NOW) == fresh
+    assert decrypted == [foreign]
+    # Forged cookies are never remembered: each one is refused again.
+    flipped = foreign[:-3] + ("A" if foreign[-3] != "A" else "B") + foreign[-2:]
+    for _ in range(2):
+        with pytest.raises(SessionError, match="does not authenticate"):
+            here.open(flipped, now=NOW)
+    assert decrypted == [foreign, flipped, flipped]
+
+
+def test_recent_cookies_are_bounded() -> None:
+    from teegate.kbs.session import MAX_RECENT_SESSIONS
+
+    sealer = SessionSealer(os.urandom(32))
+    state = _state()
+    first = sealer.seal(state)
+    for _ in range(MAX_RECENT_SESSIONS + 10):
+        sealer.seal(_state())
+    assert len(sealer._recent) == MAX_RECENT_SESSIONS and first not in sealer._recent
+    assert sealer.open(first, now=NOW) == state  # forgotten: decrypted again
+
+
 def test_cookie_header_attributes() -> None:
     header = _state().set_cookie_header("v1.abc", secure=True)
     assert header.startswith("kbs-session-id=v1.abc; Expires=")
