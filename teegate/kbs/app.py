@@ -38,9 +38,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from teegate.errors import (
     CollateralUnavailable,
@@ -271,14 +273,22 @@ class KbsRuntime:
                 raise KbsError(
                     "PayloadTooLarge", f"request body of {length} bytes exceeds the {limit}-byte limit"
                 )
+        # The ASGI messages read directly (what Request.stream() does, without its generator).
         chunks: list[bytes] = []
         total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise KbsError("PayloadTooLarge", f"request body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise KbsError("PayloadTooLarge", f"request body exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- protocol --
 
@@ -573,10 +583,13 @@ def _primary_tee(claims: Mapping[str, Any]) -> str:
     cpu0 = submods.get("cpu0") if isinstance(submods, Mapping) else None
     evidence = cpu0.get("ear.veraison.annotated-evidence") if isinstance(cpu0, Mapping) else None
     if isinstance(evidence, Mapping):
-        for tee in Tee:
-            if tee.value in evidence:
-                return tee.value
+        for name in _TEE_NAMES:
+            if name in evidence:
+                return name
     return "unknown"
+
+
+_TEE_NAMES: Final = tuple(tee.value for tee in Tee)
 
 
 def _primary_vector(claims: Mapping[str, Any]) -> dict[str, int]:
@@ -745,20 +758,56 @@ def build_app(
     async def openapi(request: HttpRequest) -> Response:
         return Response(json.dumps(openapi_document()), media_type=_JSON)
 
+    auth = _endpoint(runtime, "auth", runtime.auth)
+    attest = _endpoint(runtime, "attest", runtime.attest)
+    resource = _endpoint(runtime, "resource", runtime.resource)
     routes: list[BaseRoute] = [
-        Route("/kbs/v0/auth", _endpoint(runtime, "auth", runtime.auth), methods=["POST"]),
-        Route("/kbs/v0/attest", _endpoint(runtime, "attest", runtime.attest), methods=["POST"]),
-        Route(
-            "/kbs/v0/resource/{path:path}", _endpoint(runtime, "resource", runtime.resource), methods=["GET"]
-        ),
+        Route("/kbs/v0/auth", auth, methods=["POST"]),
+        Route("/kbs/v0/attest", attest, methods=["POST"]),
+        Route(_RESOURCE_PREFIX + "{path:path}", resource, methods=["GET"]),
         Route("/kbs/v0/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app = KbsApp(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    app.endpoints = {"auth": auth, "attest": attest, "resource": resource}
     app.state.kbs = runtime
     return app
+
+
+_RESOURCE_PREFIX: Final = "/kbs/v0/resource/"
+_HOT_POST: Final = {"/kbs/v0/auth": "auth", "/kbs/v0/attest": "attest"}
+
+
+class KbsApp(Starlette):
+    """Starlette, with the three protocol requests handed straight to their endpoints.
+
+    ``POST /kbs/v0/auth``, ``POST /kbs/v0/attest`` and ``GET /kbs/v0/resource/<path>`` skip the
+    middleware stack and the route scan (≈ 20 µs a request, 5 % of a handshake); the endpoints
+    are the routes' own, which turn every failure into a Trustee error body already. Anything else
+    (other methods, a ``root_path``, paths the resource route would not match) goes through
+    Starlette as before.
+    """
+
+    #: Route name → endpoint (the same callables the routes hold).
+    endpoints: dict[str, Callable[[HttpRequest], Awaitable[Response]]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            method, path = scope["method"], scope["path"]
+            name: str | None = None
+            if method == "POST":
+                name = _HOT_POST.get(path)
+            elif method == "GET" and path.startswith(_RESOURCE_PREFIX) and "\n" not in path:
+                name = "resource"  # Starlette's {path:path} matches any rest without a newline
+                scope["path_params"] = {"path": path[len(_RESOURCE_PREFIX) :]}
+            if name is not None:
+                scope["app"] = self
+                response = await self.endpoints[name](HttpRequest(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _mount_admin(app: Starlette, runtime: KbsRuntime, storage: Storage, engine: PolicyEngine) -> None:

@@ -110,7 +110,10 @@ class HashAlgorithm(enum.Enum):
 
     def digest(self, data: bytes) -> bytes:
         """Hash ``data``."""
-        return hashlib.new(self.value, data).digest()
+        return _HASHES[self.value](data).digest()
+
+
+_HASHES: Final = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 
 def check_json_depth(value: Any, limit: int = MAX_JSON_DEPTH, what: str = "body") -> None:
@@ -474,16 +477,16 @@ def sorted_json(value: Any) -> str:
 def jcs_bytes(value: Any) -> bytes:
     """RFC 8785 canonical JSON of ``value``.
 
-    For objects of ASCII keys and string leaves (the runtime-data binding) the standard library
+    For objects of ASCII keys and string leaves (the runtime-data binding) orjson with sorted keys
     produces exactly JCS: keys sorted (ASCII code points sort as UTF-16 units do), no spaces,
     non-ASCII text as UTF-8, and only ``"``, ``\\`` and control characters escaped (short forms,
     else lower-case ``\\u00xx``). Anything else (numbers, lone surrogates) goes through rfc8785.
     """
     if _string_tree(value):
         try:
-            return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: rfc8785 reports it
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate, which rfc8785 reports
+            pass
     canonical: bytes = rfc8785.dumps(value)
     return canonical
 

@@ -22,7 +22,6 @@ import hashlib
 import os
 import secrets
 import time
-import uuid
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -104,7 +103,7 @@ class SessionState:
         cls, tee: Tee, nonce: str, hash_algorithm: HashAlgorithm, *, now: float, timeout: int
     ) -> SessionState:
         """A fresh ``Authed`` session expiring ``timeout`` seconds after ``now``."""
-        return cls(uuid.uuid4().hex, tee, nonce, hash_algorithm, int(now) + timeout)
+        return cls(secrets.token_hex(16), tee, nonce, hash_algorithm, int(now) + timeout)
 
     @property
     def attested(self) -> bool:
