@@ -1,11 +1,11 @@
 """Handshake sessions sealed into the ``kbs-session-id`` cookie (no sticky sessions).
 
 The session state (TEE, nonce, hash, expiry and, after ``/attest``, the token claims) is
-compressed, encrypted and authenticated with AES-256-GCM under a key every replica shares, so
-any replica can serve any step of a handshake without a shared store. A client cannot read or
-change its session; a forged or expired cookie is refused. See
-docs/adr/0005-kbs-stateless-sessions.md for what this buys and what it does not (one-time use of
-a challenge across replicas).
+compressed (when over 512 bytes), encrypted and authenticated with AES-256-GCM under a key every
+replica shares, so any replica can serve any step of a handshake without a shared store. A
+client cannot read or change its session; a forged or expired cookie is refused. See
+docs/adr/0005-kbs-stateless-sessions.md for what this buys and what it does not (one-time use
+of a challenge across replicas).
 
 Key: ``TEEGATE_KBS_SESSION_KEY_FILE`` (or ``[session] key_file``), a file holding 32 bytes
 base64-encoded (what the operator's Secret mounts) or raw; without one, a key generated once under
@@ -69,11 +69,8 @@ _KEY_BYTES: Final = 32
 _MAX_KEY_FILE_BYTES: Final = 4096
 _VERSION: Final = "v1"
 _AAD: Final = b"teegate-kbs-session-v1"
-# zlib stream with a 4 KiB window and small hash tables: a session state is a few KiB, and
-# zlib's defaults (32 KiB window, 256 KiB of tables) cost more to set up (tens of µs of fresh
-# pages per cookie) than the compression itself. Any zlib decompressor reads it (v1 unchanged).
-_ZLIB_WBITS: Final = 12
-_ZLIB_MEM_LEVEL: Final = 4
+#: States up to this size are sealed uncompressed.
+_PLAIN_STATE_BYTES: Final = 512
 
 
 class SessionError(EvidenceError):
@@ -152,7 +149,7 @@ class SessionSealer:
         # value is only ever added with the state it authenticates, so a hit is what decrypting
         # it would give; expiry is still checked on every open. The states are shared: callers
         # read them, never change them.
-        self._recent: dict[str, SessionState] = {}
+        self._recent: OrderedDict[str, SessionState] = OrderedDict()
 
     @classmethod
     def generate(cls) -> SessionSealer:
@@ -176,8 +173,11 @@ class SessionSealer:
         if state.claims_json is not None:
             # The claims text is spliced in as it is, not parsed and serialised again.
             text = f'{text[:-1]},"claims":{state.claims_json}}}'
-        packer = zlib.compressobj(1, zlib.DEFLATED, _ZLIB_WBITS, _ZLIB_MEM_LEVEL)
-        plain = packer.compress(text.encode()) + packer.flush()
+        raw_text = text.encode()
+        # A small state (before /attest) is sealed as JSON: zlib's set-up alone costs more than
+        # it saves there. Readers tell the two apart by the first byte ("{" is never a zlib
+        # header's first byte).
+        plain = raw_text if len(raw_text) <= _PLAIN_STATE_BYTES else zlib.compress(raw_text, 1)
         iv = secrets.token_bytes(12)
         value = f"{_VERSION}.{_b64url(iv + self._aead.encrypt(iv, plain, _AAD))}"
         if len(value) > MAX_COOKIE_CHARS:
@@ -192,8 +192,8 @@ class SessionSealer:
         recent = self._recent
         recent[value] = state
         if len(recent) > MAX_RECENT_SESSIONS:
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread got there
-                del recent[next(iter(recent))]
+            with contextlib.suppress(KeyError):  # another thread got there
+                recent.popitem(last=False)
 
     def open(self, value: str | None, *, now: float) -> SessionState:
         """The state sealed in cookie ``value``; raises :class:`SessionError` naming what is wrong."""
@@ -220,10 +220,13 @@ class SessionSealer:
             if len(raw) < 12 + 16:
                 raise ValueError("too short")
             plain = self._aead.decrypt(raw[:12], raw[12:], _AAD)
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(plain, MAX_SESSION_STATE_BYTES)
-            if inflater.unconsumed_tail:
-                raise ValueError("state too large")
+            if plain[:1] == b"{":
+                data = plain
+            else:
+                inflater = zlib.decompressobj()
+                data = inflater.decompress(plain, MAX_SESSION_STATE_BYTES)
+                if inflater.unconsumed_tail:
+                    raise ValueError("state too large")
             payload = orjson.loads(data)
             state = SessionState(
                 id=str(payload["id"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from teegate.errors import ConfigError
 from teegate.kbs.protocol import HashAlgorithm, Tee, TeePubKey
@@ -97,6 +98,31 @@ def test_recent_cookies_open_without_decrypting_but_still_expire(monkeypatch: py
         with pytest.raises(SessionError, match="does not authenticate"):
             here.open(flipped, now=NOW)
     assert decrypted == [foreign, flipped, flipped]
+
+
+def test_small_states_sealed_plain_and_older_compressed_cookies_still_open() -> None:
+    import secrets
+    import zlib
+
+    from teegate.kbs import session as session_module
+
+    key = os.urandom(32)
+    sealer = SessionSealer(key)
+    state = _state()
+    cookie = sealer.seal(state)
+    raw = base64.urlsafe_b64decode(cookie.removeprefix("v1.") + "==")
+    aead = AESGCM(key)
+    assert aead.decrypt(raw[:12], raw[12:], session_module._AAD).startswith(b"{")  # not compressed
+    attested = state.with_claims({"exp": 1, "submods": {"cpu0": {"x": "ab" * 400}}})
+    raw = base64.urlsafe_b64decode(sealer.seal(attested).removeprefix("v1.") + "==")
+    assert aead.decrypt(raw[:12], raw[12:], session_module._AAD)[:1] == b"\x78"  # zlib
+    # A cookie from a replica that compressed every state still opens.
+    text = json.dumps({"id": "abc", "tee": "tdx", "nonce": "n", "hash": "sha384", "exp": int(NOW) + 300})
+    iv = secrets.token_bytes(12)
+    sealed = iv + aead.encrypt(iv, zlib.compress(text.encode(), 1), session_module._AAD)
+    older = "v1." + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+    opened = SessionSealer(key).open(older, now=NOW)
+    assert (opened.id, opened.nonce, opened.claims) == ("abc", "n", None)
 
 
 def test_recent_cookies_are_bounded() -> None:
