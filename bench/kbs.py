@@ -232,6 +232,9 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: 
     # uvicorn re-raises the stop signal after a graceful shutdown: make it an exit so what
     # follows (breakdown file, profile) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from teegate.commands.kbs import freeze_startup_objects
+
+    freeze_startup_objects()  # as `teegate kbs serve` does
     if not profile:
         try:
             server.run(sockets=[sock])

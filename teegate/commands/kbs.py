@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -120,7 +121,16 @@ def worker_app() -> Any:
 
     options = json.loads(os.environ[_WORKER_ENV])
     _configure_logging(options["log_format"], options["log_level"])
-    return build_app(_settings(options))
+    app = build_app(_settings(options))
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """Collect once, then leave everything made so far (modules, keys, verifiers) out of later
+    collections: a full collection then walks only what requests made (≈ 1 % of a handshake)."""
+    gc.collect()
+    gc.freeze()
 
 
 @kbs.command("serve")
@@ -247,6 +257,7 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
             os.environ[_WORKER_ENV] = json.dumps(options)
             uvicorn.run("teegate.commands.kbs:worker_app", factory=True, workers=workers, **common)
         else:
+            freeze_startup_objects()
             uvicorn.Server(uvicorn.Config(app, **common)).run()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

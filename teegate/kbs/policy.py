@@ -1035,7 +1035,8 @@ class PolicyEngine:
 
         Only the first of ``policy_ids`` is used (as Trustee); default ``["default"]``. With
         ``explain=False`` the policy's ``reasons`` (explanation only, never part of the verdict
-        or the token) are not evaluated and ``explanation["reasons"]`` is None.
+        or the token) are not evaluated, and ``explanation["reasons"]``, ``["trust_vector"]``
+        (the descriptions) and ``["reference_values"]`` are None.
         """
         tee_class = TEE_CLASSES.get(tee)
         if tee_class is None:
@@ -1060,9 +1061,13 @@ class PolicyEngine:
             "policy_version": compiled.version,
             "policy_digest": compiled.digest,
             "status": status,
-            "trust_vector": [_describe(py, vector[py]) for _, py in AR4SI_CLAIMS if py in set_claims],
+            "trust_vector": (
+                [_describe(py, vector[py]) for _, py in AR4SI_CLAIMS if py in set_claims] if explain else None
+            ),
             "reasons": _reasons(results.get(_REASONS_RULE)) if explain else None,
-            "reference_values": {name: values[name] is not None for name in sorted(values)},
+            "reference_values": (
+                {name: values[name] is not None for name in sorted(values)} if explain else None
+            ),
         }
         return Appraisal(
             policy_id=requested,

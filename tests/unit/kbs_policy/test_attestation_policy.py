@@ -259,7 +259,8 @@ async def test_explain_false_skips_only_the_reasons(engine: PolicyEngine) -> Non
     explained = await engine.appraise("tdx", tdx_claims(debug=True))
     quick = await engine.appraise("tdx", tdx_claims(debug=True), explain=False)
     assert "TD is in debug mode (td_attributes.debug)" in explained.explanation["reasons"]
-    assert quick.explanation["reasons"] is None
+    assert quick.explanation["reasons"] is None and quick.explanation["trust_vector"] is None
+    assert quick.explanation["reference_values"] is None and quick.explanation["status"] == explained.status
     assert (quick.status, quick.trust_vector, quick.ear_submod()) == (
         explained.status,
         explained.trust_vector,
