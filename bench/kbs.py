@@ -1,27 +1,30 @@
 """KBS handshakes per second on loopback: auth + attest (simulated TDX v4 quote) + one resource.
 
-    .venv/bin/python bench/kbs.py [--seconds 5] [--clients 32] [--runs 3] [--server-procs 1] [--profile]
+    .venv/bin/python bench/kbs.py [--seconds 5] [--clients 128] [--runs 3] [--server-procs 2]
+                                  [--stock-http] [--profile]
 
-Cores: by default the KBS server runs in its own process pinned to CPU 0 and the load generator
-is pinned to CPU 1 (on a 2-core machine that is one core each); ``--server-procs N`` starts N KBS
-processes sharing the port (SO_REUSEPORT) on every core, beside the generator. The server runs
-under uvicorn with uvloop and httptools, no access log, and logs at INFO to a file as ``teegate kbs
-serve`` does (audit lines included). The generator (uvloop too) precomputes what does not
-depend on the nonce (TEE keys and their JWKs) and per handshake builds the runtime-data digest
-and asks the simulated platform for a quote (what a TD would do), then fetches one resource (the
-first handshake of each client checks that the JWE decrypts). Requests are raw HTTP/1.1 over
-keep-alive connections so the generator spends its core on the guest's work, not on an HTTP
-client library.
+Cores (2 here): by default two KBS processes share the port (SO_REUSEPORT, as ``teegate kbs
+serve --workers 2``) and, with the load generator, both cores; ``--server-procs 1`` pins one KBS
+process to CPU 0 and the generator to CPU 1. The server runs as ``teegate kbs serve`` does:
+uvicorn with uvloop and httptools, responses written in one send
+(:mod:`teegate.kbs.httpserver`; ``--stock-http``: uvicorn's own protocol, head and body in two),
+start-up objects frozen out of the collector, no access log, INFO logs to a file (audit lines
+included). The generator (uvloop too) precomputes what does not depend on the nonce (TEE keys and
+their JWKs) and per handshake builds the runtime-data digest and asks the simulated platform for
+a quote (what a TD would do), then fetches one resource (the first handshake of each client
+checks that the JWE decrypts). Requests are raw HTTP/1.1 over keep-alive connections so the
+generator spends its CPU on the guest's work, not on an HTTP client library.
 
 Reported per run and as medians over ``--runs`` (the machine is shared: single runs are noisy):
 closed-loop throughput with ``--clients`` concurrent guests, p50/p99 latency of a whole handshake,
 an open-loop run at half that rate (p50/p99 there), server CPU milliseconds per handshake (from
 /proc), and where that CPU goes: process CPU time around each step (cookie seal/open, DCAP
 verification, attestation policy, token signing, resource policy, storage, JWE, audit; a call
-that suspended is left out and its step scaled from the others), the rest being HTTP, framework
-and parsing. Peer in the same run: the same three HTTP round trips against a bare Starlette app on
-the same server core(s) (the framework ceiling), and the KBS/peer ratio. ``--profile`` prints
-cProfile's top functions of the server instead of the step breakdown.
+that suspended is left out and its step scaled from the others), the rest of the endpoints'
+code, and what lies outside them (HTTP server, response writes with the kernel's loopback TCP,
+event loop). Peer in the same run: the same three HTTP round trips against a bare Starlette app
+on the same server stack and core(s) (the framework ceiling), and the KBS/peer ratio.
+``--profile`` prints cProfile's top functions of the server instead of the step breakdown.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ _STEPS: Final = (
 # bodies, metrics), so the rest splits into the KBS's own code and what is outside it: the HTTP
 # server, writing the response (the kernel's loopback TCP included), the event loop.
 _ENDPOINTS: Final = "KBS endpoints, whole"
+_STOCK_HTTP_ENV: Final = "TEEGATE_BENCH_STOCK_HTTP"
 _METERED: Final = (*_STEPS, _ENDPOINTS)
 
 
@@ -164,6 +168,16 @@ def _instrument(app: Any, meter: _Meter) -> None:
         app.endpoints[name] = meter.wrap_async(_ENDPOINTS, endpoint)
 
 
+def _http_protocol(kind: str) -> Any:
+    """The HTTP protocol ``teegate kbs serve`` uses (responses written in one send), for the KBS
+    and the peer alike; ``--stock-http`` gives both uvicorn's own httptools protocol."""
+    if os.environ.get(_STOCK_HTTP_ENV) == "1":
+        return "httptools"
+    from teegate.kbs.httpserver import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
+
+
 def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: Path | None) -> None:
     import logging
 
@@ -220,7 +234,7 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: 
         access_log=False,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=_http_protocol(kind),
     )
     server = uvicorn.Server(config)
     # SO_REUSEPORT: several server processes share the port; the kernel spreads connections.
@@ -517,14 +531,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=128, help="concurrent guests (closed loop)")
     parser.add_argument("--runs", type=int, default=3, help="repeat peer+KBS runs; medians are reported")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--server-procs",
         type=int,
-        default=1,
-        help="KBS processes sharing the port (SO_REUSEPORT); >1 spreads the server over all cores",
+        default=2,
+        help="KBS processes sharing the port (SO_REUSEPORT) on every core with the generator; "
+        "1 pins one KBS process to CPU 0 and the generator to CPU 1",
+    )
+    parser.add_argument(
+        "--stock-http",
+        action="store_true",
+        help="serve KBS and peer with uvicorn's own httptools protocol (head and body in two sends)",
     )
     parser.add_argument("--serve", choices=["kbs", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -536,6 +556,8 @@ def main() -> None:
         _run_server(args.serve, args.data_dir, args.port, args.profile, breakdown)
         return
 
+    if args.stock_http:
+        os.environ[_STOCK_HTTP_ENV] = "1"  # inherited by the server processes
     import uvloop
 
     from teegate.sim import SimPlatform

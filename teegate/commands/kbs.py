@@ -126,6 +126,16 @@ def worker_app() -> Any:
     return app
 
 
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol writing each response in one send (teegate.kbs.httpserver);
+    uvicorn's choice where httptools is missing."""
+    try:
+        from teegate.kbs.httpserver import CoalescingHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return CoalescingHttpToolsProtocol
+
+
 def freeze_startup_objects() -> None:
     """Collect once, then leave everything made so far (modules, keys, verifiers) out of later
     collections: a full collection then walks only what requests made (≈ 1 % of a handshake)."""
@@ -250,6 +260,7 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
         "access_log": False,
         "lifespan": "on",
         "server_header": False,
+        "http": _http_protocol(),
     }
     try:
         if workers > 1:

@@ -17,6 +17,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 
+from teegate.kbs.httpserver import CoalescingHttpToolsProtocol
 from teegate.kbs.protocol import (
     PROTOCOL_VERSION,
     Attestation,
@@ -43,7 +44,14 @@ def put_resource(data_dir: Path, path: str, data: bytes) -> None:
 @contextmanager
 def serve(app: Starlette) -> Iterator[str]:
     """Serve ``app`` on loopback; yields the base URL; stops the server on exit."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        http=CoalescingHttpToolsProtocol,  # as `teegate kbs serve`
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
