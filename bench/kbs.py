@@ -325,8 +325,13 @@ class _Guest:
                 "additional_evidence": "",
             },
         }
+        # Compact, as guest-components' serde_json writes it.
         self.template = (
-            json.dumps(template).replace("%", "%%").replace("@NONCE@", "%s").replace("@QUOTE@", "%s").encode()
+            json.dumps(template, separators=(",", ":"))
+            .replace("%", "%%")
+            .replace("@NONCE@", "%s")
+            .replace("@QUOTE@", "%s")
+            .encode()
         )
 
     async def handshake(self, conn: _Conn, peer: bool, check: bool) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import rfc8785
@@ -121,3 +122,93 @@ def test_cached_tee_key_validation_refuses_bad_points_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ParseError, match="not a point"):
             TeePubKey.parse(bad)
+
+
+# --- request JSON: the compact fast path agrees with the careful parser ------------------------
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _careful(data: bytes) -> Any:
+    from teegate.errors import ParseError
+    from teegate.kbs import protocol
+
+    text = data.decode("utf-8")
+    try:
+        value = json.loads(
+            text, object_pairs_hook=protocol._unique_object, parse_constant=protocol._reject_constant
+        )
+    except (ValueError, RecursionError):
+        raise ParseError("body", "malformed") from None
+    protocol.check_json_depth(value)
+    return value
+
+
+def _outcome(fn: Any, data: bytes) -> Any:
+    from teegate.errors import ParseError
+
+    try:
+        return ("ok", fn(data))
+    except (ParseError, UnicodeDecodeError):
+        return ("refused",)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_compact_json_fast_path_agrees_with_the_careful_parser(value: Any, spaced: bool) -> None:
+    from teegate.kbs.protocol import parse_json
+
+    separators = (", ", ": ") if spaced else (",", ":")
+    data = json.dumps(value, separators=separators, ensure_ascii=False).encode()
+    assert _outcome(parse_json, data) == _outcome(_careful, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"a":2}',
+        b'{"x":{"a":1,"a":1}}',
+        b'[{"a":"\\ud800"}]',
+        b'{"a":1e5}',
+        b'{"a":18446744073709551616}',
+        b'{"a":NaN}',
+        b"\xef\xbb\xbf{}",
+        b'{"a":"\\u00e9"}',
+        b"[" * 40 + b"]" * 40,
+        b'{"version":"0.4.0","tee":"tdx","extra-params":{}}',
+    ],
+)
+def test_json_edge_cases_agree(data: bytes) -> None:
+    from teegate.kbs.protocol import parse_json
+
+    assert _outcome(parse_json, data) == _outcome(_careful, data)
+
+
+def test_a_compact_attestation_body_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from teegate.kbs import protocol
+
+    key = TeePubKey.from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    body = {
+        "runtime-data": {"nonce": "bm9uY2U=", "tee-pubkey": key.to_jwk()},
+        "tee-evidence": {
+            "primary_evidence": {"quote": "AAAA", "cc_eventlog": None},
+            "additional_evidence": "",
+        },
+    }
+    data = json.dumps(body, separators=(",", ":")).encode()  # as serde_json writes it
+
+    def no_careful_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the careful parser ran for compact JSON")
+
+    monkeypatch.setattr(protocol.json, "loads", no_careful_parse)
+    assert protocol.parse_json(data) == body
