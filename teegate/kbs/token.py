@@ -57,6 +57,7 @@ MAX_TOKEN_CHARS: Final = 128 * 1024
 _LEEWAY_SECONDS: Final = 60
 _ISSUER: Final = "teegate-kbs"
 _ALGS: Final = ["ES256"]
+_ES256: Final = ec.ECDSA(hashes.SHA256())
 
 #: Where Trustee looks for the TEE key in token claims, in order (T:kbs/src/token/mod.rs).
 _TEE_KEY_POINTERS: Final = (
@@ -166,7 +167,7 @@ class TokenSigner:
     def sign_json(self, claims_json: str) -> str:
         """The compact JWT whose payload is ``claims_json`` (a JSON object's text)."""
         signing_input = f"{self._header_b64}.{_b64url(claims_json.encode())}"
-        der = self._private.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        der = self._private.sign(signing_input.encode("ascii"), _ES256)
         r, s = decode_dss_signature(der)
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
