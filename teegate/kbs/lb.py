@@ -8,7 +8,9 @@ Service or an ingress does that job there).
 
 Failover is passive and safe: when a replica refuses the connection (nothing was sent), the
 request goes to the next one and the refusing replica is skipped for :data:`COOLDOWN_SECONDS`.
-A replica that dies while holding a request yields ``502``; the client retries. Bounded: request
+A replica that dies while holding a request yields ``502``; the client retries (only a read or
+``/auth`` found unanswered on a kept-alive connection is sent again, as the replica may just have
+closed it idle: an attestation is never sent twice). Bounded: request
 head (:data:`MAX_HEAD_BYTES`), request body (:data:`MAX_BODY_BYTES`), response body
 (:data:`MAX_RESPONSE_BYTES`). Request bodies must carry ``Content-Length`` (``Transfer-Encoding``
 is refused with 501). Hop-by-hop headers are dropped. Plain HTTP on loopback only unless
@@ -89,6 +91,14 @@ class _HttpError(Exception):
         self.status = status
         self.variant = variant
         self.detail = detail
+
+
+_REPLAYABLE_POSTS: Final = (b"POST /kbs/v0/auth ", b"POST /kbs/v0/auth?")
+
+
+def _replayable(request: bytes) -> bool:
+    """Whether sending ``request`` twice is harmless: reads, and ``/auth`` (a new challenge)."""
+    return request.startswith((b"GET ", b"HEAD ")) or request.startswith(_REPLAYABLE_POSTS)
 
 
 class _UpstreamFailed(Exception):
@@ -270,11 +280,17 @@ class RoundRobinProxy:
                     )
                 except (asyncio.IncompleteReadError, ConnectionError) as exc:
                     # A kept-alive connection that had been closed: if nothing came back, the
-                    # replica closed it idle; retry once on a fresh connection below.
+                    # replica closed it idle, or died holding the request. Only a request that
+                    # may arrive twice is sent again (on a fresh connection below): a re-sent
+                    # attestation would find its challenge consumed (401), where a 502 makes the
+                    # guest start a fresh handshake.
                     pooled[1].close()
                     if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
                         backend.failures += 1
                         return self._bad_gateway(backend, "closed mid-response")
+                    if not _replayable(request):
+                        backend.failures += 1
+                        return self._bad_gateway(backend, "closed before answering")
                 except (TimeoutError, asyncio.LimitOverrunError, _UpstreamFailed, _HttpError, OSError) as exc:
                     pooled[1].close()
                     backend.failures += 1

@@ -124,6 +124,57 @@ async def test_backend_dying_mid_response_is_502() -> None:
     assert "failed mid-request" in response.json()["detail"]
 
 
+def _answers_once_then_dies_holding(seen: list[str]) -> Handler:
+    """Answers the first request on a connection; takes the second and closes without a byte
+    (a replica killed while it held the request)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for count in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                seen.append(head.split(b" ")[0].decode() + " " + head.split(b" ")[1].decode())
+                if count == 1:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "resent"),
+    [
+        ("POST", "/kbs/v0/attest", False),  # its challenge may be consumed: never sent twice
+        ("POST", "/kbs/v0/resource-policy", False),
+        ("GET", "/kbs/v0/resource/a/b/c", True),
+        ("POST", "/kbs/v0/auth", True),  # a new challenge: harmless twice
+    ],
+)
+async def test_a_request_the_replica_died_holding_is_resent_only_if_harmless(
+    method: str, path: str, resent: bool
+) -> None:
+    seen: list[str] = []
+    async with (
+        _backend(_answers_once_then_dies_holding(seen)) as a,
+        _proxy([a]) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert (await client.get("/warm")).status_code == 200  # leaves a kept-alive upstream connection
+        response = await client.request(method, path, content=b"{}" if method == "POST" else None)
+    held = f"{method} {path}"
+    if resent:
+        assert seen.count(held) == 2 and response.status_code == 200
+    else:
+        assert seen.count(held) == 1 and response.status_code == 502
+        assert "closed before answering" in response.json()["detail"]
+
+
 async def test_chunked_response_relayed() -> None:
     async with _backend(_chunked) as a, _proxy([a]) as url, httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/")
