@@ -665,6 +665,11 @@ def _endpoint(
             )
         except TeegateError as exc:
             response = _error_response(KbsError("AttestationError", str(exc)))
+        except ClientDisconnect:
+            # The guest went away mid-body: nobody reads an answer, and it is not our fault.
+            response = Response(
+                error_body("HTTPFailed", "client disconnected"), status_code=400, media_type=_JSON
+            )
         except Exception:
             _log.exception("internal error on %s", route)
             response = Response(error_body("HTTPFailed", "internal error"), status_code=500, media_type=_JSON)

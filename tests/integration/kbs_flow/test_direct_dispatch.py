@@ -67,3 +67,43 @@ def test_direct_dispatch_matches_starlette_routing(tmp_path: Path, monkeypatch: 
         assert one == other, request
     statuses = [status for status, _, _ in direct]
     assert statuses[1] == 401 and statuses[9] == 405 and statuses[12] == 405
+
+
+async def test_a_guest_gone_mid_body_is_answered_without_an_internal_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = KbsSettings(
+        data_dir=tmp_path, storage=StorageSettings(data_dir=tmp_path), allow_sample=True, dev=True
+    )
+    app = build_app(settings)
+    messages = [
+        {"type": "http.request", "body": b'{"version":', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/kbs/v0/auth",
+        "raw_path": b"/kbs/v0/auth",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8080),
+    }
+    with caplog.at_level("ERROR"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b"client disconnected" in sent[1]["body"]  # type: ignore[operator]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
