@@ -64,6 +64,7 @@ from teegate.dcap.tcb_info import (
     TCB_STATUS_NAMES,
     ModuleTcbLevel,
     TcbInfo,
+    TcbMatch,
     match_tcb_levels,
     parse_tcb_info,
     tdx_module_status,
@@ -366,6 +367,8 @@ class QuoteVerifier:
         self._pck: OrderedDict[tuple[str, Collateral], _CheckedPck] = OrderedDict()
         self._qe_reports: OrderedDict[tuple[bytes, bytes, str], None] = OrderedDict()
         self._att_keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
+        self._qe_levels: OrderedDict[tuple[Collateral, bytes], ModuleTcbLevel] = OrderedDict()
+        self._tcb_levels: OrderedDict[tuple[Any, ...], tuple[ModuleTcbLevel | None, TcbMatch]] = OrderedDict()
         self._certs = CertMemo()
         self._lock = threading.Lock()
 
@@ -515,8 +518,13 @@ class QuoteVerifier:
                 step=STEP_QE_REPORT_DATA,
             )
 
-        # Step 8: QE report against QE Identity → QE TCB level.
-        qe_level = match_qe_report(identity, q.qe_report, step=STEP_QE_IDENTITY_MATCH)
+        # Step 8: QE report against QE Identity → QE TCB level (the QE report repeats in every
+        # quote of a platform: matched once per collateral and report; failures are not kept).
+        qe_level_key = (collateral, q.qe_report_raw)
+        qe_level = self._qe_levels.get(qe_level_key)
+        if qe_level is None:
+            qe_level = match_qe_report(identity, q.qe_report, step=STEP_QE_IDENTITY_MATCH)
+            self._remember(self._qe_levels, qe_level_key, qe_level)
 
         # Step 9: quote signature by the attestation key.
         att_key = self._att_keys.get(q.attestation_key)
@@ -530,20 +538,38 @@ class QuoteVerifier:
                 step=STEP_QUOTE_SIGNATURE,
             )
 
-        # Step 10: TDX module identity; step 11: TCB levels.
+        # Step 10: TDX module identity; step 11: TCB levels. Both depend only on the collateral,
+        # the PCK certificate and the TD's TCB fields, which repeat for every quote of a platform
+        # and TDX module: evaluated once per such key (failures are not kept).
         module_level: ModuleTcbLevel | None = None
         module_status: str | None = None
         tee_tcb_svn: bytes | None = None
         body = q.body
         if isinstance(body, TdReport10):
             tee_tcb_svn = body.tee_tcb_svn
-            _identity, module_level = tdx_module_status(
-                info, tee_tcb_svn, body.mr_signer_seam, body.seam_attributes, step=STEP_TDX_MODULE
+            tcb_key: tuple[Any, ...] = (
+                collateral,
+                q.pck_chain_pem,
+                tee_tcb_svn,
+                body.mr_signer_seam,
+                body.seam_attributes,
             )
+        else:
+            tcb_key = (collateral, q.pck_chain_pem)
+        levels = self._tcb_levels.get(tcb_key)
+        if levels is None:
+            if isinstance(body, TdReport10):
+                _identity, module_level = tdx_module_status(
+                    info, body.tee_tcb_svn, body.mr_signer_seam, body.seam_attributes, step=STEP_TDX_MODULE
+                )
+            match = match_tcb_levels(
+                info, pck.ext.tcb.sgx_components, pck.ext.tcb.pcesvn, tee_tcb_svn, step=STEP_TCB_LEVEL
+            )
+            self._remember(self._tcb_levels, tcb_key, (module_level, match))
+        else:
+            module_level, match = levels
+        if isinstance(body, TdReport10):
             module_status = module_level.status if module_level is not None else "UpToDate"
-        match = match_tcb_levels(
-            info, pck.ext.tcb.sgx_components, pck.ext.tcb.pcesvn, tee_tcb_svn, step=STEP_TCB_LEVEL
-        )
 
         # Step 12: merge platform, TDX module and QE statuses (Intel QVL convergence).
         sgx_status = match.sgx_level.status

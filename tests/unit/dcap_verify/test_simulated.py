@@ -150,3 +150,33 @@ def test_leaf_key_cannot_issue(platform: SimPlatform) -> None:
         )
     assert info.value.code == "CERT_CHAIN_BROKEN"
     assert "not a CA" in str(info.value)
+
+
+def test_warm_tcb_evaluation_follows_each_quotes_tcb_and_collateral(platform: SimPlatform) -> None:
+    """The per-platform TCB evaluation a warm verifier keeps is keyed by what it depends on."""
+    anchors = TrustAnchors((platform.anchor(),))
+    warm = QuoteVerifier(anchors)
+    current = platform.collateral("tdx", now=NOW)
+    revoked = platform.collateral("tdx", now=NOW, tcb_status="Revoked")
+    older_module = bytes([4, 1, 2]) + bytes(13)
+    cases = [
+        (_quote(platform, "tdx"), current),
+        (_quote(platform, "tdx", tee_tcb_svn=older_module), current),
+        (_quote(platform, "tdx"), revoked),
+        (_quote(platform, "tdx"), current),
+        (_quote(platform, "tdx", tee_tcb_svn=older_module), current),
+    ]
+    outcomes = []
+    for quote, collateral in cases:
+        try:
+            cold: object = QuoteVerifier(anchors).verify(quote, collateral, now=NOW).status
+        except VerificationError as exc:
+            cold = exc.code
+        try:
+            hot: object = warm.verify(quote, collateral, now=NOW).status
+        except VerificationError as exc:
+            hot = exc.code
+        assert hot == cold
+        outcomes.append(hot)
+    assert outcomes[0] == outcomes[3] == "UpToDate" and outcomes[2] == "Revoked"
+    assert outcomes[1] == outcomes[4] != "UpToDate"
