@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from teegate.collateral.pcs import PcsClient
 from teegate.errors import ConfigError
+from teegate.files import read_bounded
 
 __all__ = ["MAX_QCNL_BYTES", "QcnlConfig"]
 
@@ -169,13 +170,7 @@ class QcnlConfig:
     def load(cls, path: str | os.PathLike[str]) -> QcnlConfig:
         """Read and parse a QCNL configuration file."""
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_QCNL_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"QCNL config {path}: {exc}") from None
-        if len(data) > MAX_QCNL_BYTES:
-            raise ConfigError(f"QCNL config {path} is larger than {MAX_QCNL_BYTES} bytes")
+        data = read_bounded(path, MAX_QCNL_BYTES, "QCNL config", ConfigError)
         try:
             return cls.parse(data.decode("utf-8"))
         except UnicodeDecodeError:

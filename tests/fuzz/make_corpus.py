@@ -17,6 +17,7 @@ from teegate.kbs.jwe import encrypt
 from teegate.kbs.protocol import Attestation, TeePubKey, pad_report_data, runtime_data_digest
 from teegate.sim import SimPlatform
 from tests.fuzz.harnesses import fixed_key
+from tests.unit.kbs_policy.conftest import TDX_RVS, tdx_claims, uefi_event_logs
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -69,39 +70,10 @@ def main() -> None:
 def policy_seeds() -> None:
     """Claims for the policy target: TDX (reference values matching, event log, init data), SGX,
     sample; the shapes teegate's verifiers produce."""
-    mr_td, rtmr1, rtmr2, xfam = "a1" * 48, "b1" * 48, "b2" * 48, "e702060000000000"
     kernel, cmdline = "c1" * 48, "c2" * 48
-    tdx = {
-        "quote": {
-            "header": {
-                "version": "0400",
-                "tee_type": "81000000",
-                "vendor_id": "939a7233f79c4ca9940a0db3957f0607",
-            },
-            "body": {"mr_td": mr_td, "rtmr_1": rtmr1, "rtmr_2": rtmr2, "xfam": xfam},
-        },
-        "td_attributes": {"debug": False},
-        "tcb_status": "UpToDate",
-        "collateral_expiration_status": "0",
-        "report_data": "00" * 64,
-        "uefi_event_logs": [
-            {
-                "type_name": "EV_EFI_BOOT_SERVICES_APPLICATION",
-                "details": {"device_paths": ["File(kernel)"]},
-                "digests": [{"alg": "SHA-384", "digest": kernel}],
-            },
-            {
-                "type_name": "EV_EVENT_TAG",
-                "details": {"string": "LOADED_IMAGE::LoadOptions"},
-                "digests": [{"alg": "SHA-384", "digest": cmdline}],
-            },
-        ],
-    }
+    tdx = tdx_claims(uefi_event_logs=uefi_event_logs(kernel, cmdline))
     references = {
-        "mr_td": [mr_td],
-        "rtmr_1": [rtmr1],
-        "rtmr_2": [rtmr2],
-        "xfam": [xfam],
+        **TDX_RVS,
         "tdvfkernel": kernel,
         "tdvfkernelparams": cmdline,
     }

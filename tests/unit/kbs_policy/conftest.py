@@ -58,6 +58,22 @@ def tdx_claims(
     }
 
 
+def uefi_event_logs(kernel: str, cmdline: str) -> list[dict[str, Any]]:
+    """A TD's UEFI event log claims: the kernel and its command line, as the verifier reports them."""
+    return [
+        {
+            "type_name": "EV_EFI_BOOT_SERVICES_APPLICATION",
+            "details": {"device_paths": ["File(kernel)"]},
+            "digests": [{"alg": "SHA-384", "digest": kernel}],
+        },
+        {
+            "type_name": "EV_EVENT_TAG",
+            "details": {"string": "LOADED_IMAGE::LoadOptions"},
+            "digests": [{"alg": "SHA-384", "digest": cmdline}],
+        },
+    ]
+
+
 def sample_claims(debug: bool = False) -> dict[str, Any]:
     return {
         "svn": "1",

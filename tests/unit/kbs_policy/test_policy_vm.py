@@ -27,7 +27,15 @@ from teegate.kbs.policy import (
     builtin_policy_text,
 )
 from teegate.kbs.storage import PolicyKind, ResourcePath, Storage, StorageSettings, open_storage
-from tests.unit.kbs_policy.conftest import MR_TD, TDX_RVS, XFAM, rv_message, sample_claims, tdx_claims
+from tests.unit.kbs_policy.conftest import (
+    MR_TD,
+    TDX_RVS,
+    XFAM,
+    rv_message,
+    sample_claims,
+    tdx_claims,
+    uefi_event_logs,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,21 +77,6 @@ class _CountingEngine:
         return getattr(self._engine, name)
 
 
-def _uefi(kernel: str, cmdline: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "type_name": "EV_EFI_BOOT_SERVICES_APPLICATION",
-            "details": {"device_paths": ["File(kernel)"]},
-            "digests": [{"alg": "SHA-384", "digest": kernel}],
-        },
-        {
-            "type_name": "EV_EVENT_TAG",
-            "details": {"string": "LOADED_IMAGE::LoadOptions"},
-            "digests": [{"alg": "SHA-384", "digest": cmdline}],
-        },
-    ]
-
-
 def _sgx_claims(flags: str, tcb: str, mr_enclave: str, expired: str = "0") -> dict[str, Any]:
     return {
         "header": {"version": "0300", "vendor_id": "939a7233f79c4ca9940a0db3957f0607"},
@@ -123,9 +116,9 @@ def _attestation_corpus() -> list[tuple[str, dict[str, Any], Any]]:
     ):
         extra: dict[str, Any] = {"collateral_expiration_status": expired}
         if log == "match":
-            extra["uefi_event_logs"] = _uefi(KERNEL, CMDLINE)
+            extra["uefi_event_logs"] = uefi_event_logs(KERNEL, CMDLINE)
         elif log == "other":
-            extra["uefi_event_logs"] = _uefi("00" * 48, CMDLINE)
+            extra["uefi_event_logs"] = uefi_event_logs("00" * 48, CMDLINE)
         claims = tdx_claims(debug=debug, tcb=tcb, mr_td=mr_td)
         claims.update(extra)
         corpus.append(("tdx", claims, init))
