@@ -168,14 +168,14 @@ def _instrument(app: Any, meter: _Meter) -> None:
         app.endpoints[name] = meter.wrap_async(_ENDPOINTS, endpoint)
 
 
-def _http_protocol(kind: str) -> Any:
+def _http_protocol() -> Any:
     """The HTTP protocol ``teegate kbs serve`` uses (responses written in one send), for the KBS
     and the peer alike; ``--stock-http`` gives both uvicorn's own httptools protocol."""
     if os.environ.get(_STOCK_HTTP_ENV) == "1":
         return "httptools"
-    from teegate.kbs.httpserver import CoalescingHttpToolsProtocol
+    from teegate.commands.kbs import http_protocol
 
-    return CoalescingHttpToolsProtocol
+    return http_protocol()
 
 
 def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: Path | None) -> None:
@@ -234,7 +234,7 @@ def _run_server(kind: str, data_dir: Path, port: int, profile: bool, breakdown: 
         access_log=False,
         lifespan="on",
         loop="uvloop",
-        http=_http_protocol(kind),
+        http=_http_protocol(),
     )
     server = uvicorn.Server(config)
     # SO_REUSEPORT: several server processes share the port; the kernel spreads connections.

@@ -128,7 +128,7 @@ def worker_app() -> Any:
     return app
 
 
-def _http_protocol() -> Any:
+def http_protocol() -> Any:
     """uvicorn's httptools protocol writing each response in one send (teegate.kbs.httpserver);
     uvicorn's choice where httptools is missing."""
     try:
@@ -262,7 +262,7 @@ def serve(  # noqa: PLR0917 - click passes options positionally by name
         "access_log": False,
         "lifespan": "on",
         "server_header": False,
-        "http": _http_protocol(),
+        "http": http_protocol(),
     }
     try:
         if workers > 1:
