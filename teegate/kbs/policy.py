@@ -199,6 +199,56 @@ class PolicyVm(enum.Enum):
     OFF = "off"
 
 
+#: What each built-in resource policy reads of its input (the token claims), as a tree: a key
+#: names the subtree kept below it, ``"*"`` every key of an object, ``True`` the value whole;
+#: where the input is not an object the tree expects, the value is kept whole. regorus then
+#: parses the few hundred bytes a policy looks at rather than the whole annotated evidence,
+#: and answers as it would over the full claims (test_resource_projection.py compares verdicts
+#: and reasons over generated claims). Bound to the built-in's exact text (its digest): an
+#: edited or custom policy gets the full claims.
+_RESOURCE_INPUT_READS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "default": {"submods": {"*": {"ear.status": True}}},
+    "affirming": {"submods": {"*": {"ear.status": True}}},
+    "trustee-default": {"submods": {"cpu0": {"ear.veraison.annotated-evidence": {"sample": True}}}},
+    "allow-all": {},
+    "deny-all": {},
+    "dev": {
+        "submods": {
+            "*": {
+                "ear.status": True,
+                "ear.veraison.annotated-evidence": {
+                    "sample": True,
+                    "tdx": {"simulated": True},
+                    "sgx": {"simulated": True},
+                    "runtime_data_claims": {"tee-pubkey": True},
+                },
+            }
+        }
+    },
+}
+
+
+@functools.cache
+def _resource_input_reads() -> dict[str, Mapping[str, Any]]:
+    """Built-in resource policy digest → what it reads of its input."""
+    return {
+        hashlib.sha384(builtin_policy_text(PolicyKind.RESOURCE, name).encode("utf-8")).hexdigest(): reads
+        for name, reads in _RESOURCE_INPUT_READS.items()
+    }
+
+
+def project_input(value: Any, reads: Mapping[str, Any]) -> Any:
+    """The part of ``value`` a policy that reads ``reads`` can see (see _RESOURCE_INPUT_READS)."""
+    if not isinstance(value, dict):
+        return value
+    wildcard = reads.get("*")
+    if wildcard is not None:
+        return {k: v if wildcard is True else project_input(v, wildcard) for k, v in value.items()}
+    return {
+        k: value[k] if sub is True else project_input(value[k], sub) for k, sub in reads.items() if k in value
+    }
+
+
 @functools.cache
 def _builtin_digests() -> frozenset[str]:
     texts = [builtin_policy_text(PolicyKind.ATTESTATION, n) for n in ATTESTATION_BUILTINS]
@@ -514,6 +564,10 @@ class _Compiled:
         self.policy_id = policy_id
         self.version = version
         self.digest = hashlib.sha384(text.encode("utf-8")).hexdigest()
+        #: What of its input this policy reads, when it is a built-in resource policy (None: all).
+        self.input_reads: Mapping[str, Any] | None = (
+            _resource_input_reads().get(self.digest) if kind is PolicyKind.RESOURCE else None
+        )
         self.lock = threading.Lock()
         self._lookup = _RvLookup()
         self._data: dict[str, Any] | None = None  # the data document the engine holds now
@@ -1097,9 +1151,11 @@ class PolicyEngine:
             )
             version = compiled.version
             data = {"plugin": "resource", "resource-path": [path.repo, path.type, path.tag], "query": {}}
-            results, values = await self._evaluate(compiled, token_claims, data, [_ALLOW_RULE])
+            reads = compiled.input_reads
+            policy_input = token_claims if reads is None else project_input(token_claims, reads)
+            results, values = await self._evaluate(compiled, policy_input, data, [_ALLOW_RULE])
             if results.get(_ALLOW_RULE) is not True and compiled.has_reasons:
-                more, values = await self._evaluate(compiled, token_claims, data, [_REASONS_RULE], values)
+                more, values = await self._evaluate(compiled, policy_input, data, [_REASONS_RULE], values)
                 results.update(more)
         except PolicySyntaxError as exc:
             version = exc.policy_version if exc.policy_version is not None else version

@@ -115,7 +115,7 @@ def test_small_states_sealed_plain_and_older_compressed_cookies_still_open() -> 
     assert aead.decrypt(raw[:12], raw[12:], session_module._AAD).startswith(b"{")  # not compressed
     attested = state.with_claims({"exp": 1, "submods": {"cpu0": {"x": "ab" * 400}}})
     raw = base64.urlsafe_b64decode(sealer.seal(attested).removeprefix("v1.") + "==")
-    assert aead.decrypt(raw[:12], raw[12:], session_module._AAD)[:1] == b"\x78"  # zlib
+    assert aead.decrypt(raw[:12], raw[12:], session_module._AAD)[0] & 0x0F == 8  # zlib (deflate)
     # A cookie from a replica that compressed every state still opens.
     text = json.dumps({"id": "abc", "tee": "tdx", "nonce": "n", "hash": "sha384", "exp": int(NOW) + 300})
     iv = secrets.token_bytes(12)
@@ -123,6 +123,61 @@ def test_small_states_sealed_plain_and_older_compressed_cookies_still_open() -> 
     older = "v1." + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
     opened = SessionSealer(key).open(older, now=NOW)
     assert (opened.id, opened.nonce, opened.claims) == ("abc", "n", None)
+
+
+def _sealed_plain(key: bytes, plain: bytes) -> str:
+    import secrets
+
+    from teegate.kbs import session as session_module
+
+    iv = secrets.token_bytes(12)
+    sealed = iv + AESGCM(key).encrypt(iv, plain, session_module._AAD)
+    return "v1." + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+
+def test_attested_states_deflated_with_the_pinned_preset_dictionary() -> None:
+    import zlib
+    from importlib import resources
+
+    from teegate.kbs import session as session_module
+
+    # Released dictionaries never change: cookies name them by Adler-32 (a new one is added
+    # beside, see _DICTIONARY_FILES).
+    dictionary = resources.files("teegate.kbs").joinpath("session-dictionary-1.txt").read_bytes()
+    assert (len(dictionary), zlib.adler32(dictionary)) == (6915, 0x17633033)
+    assert len(dictionary) <= 1 << session_module._WINDOW_BITS
+    key = os.urandom(32)
+    sealer = SessionSealer(key)
+    nonce = base64.b64encode(os.urandom(32)).decode()
+    state = SessionState.new(Tee.TDX, nonce, HashAlgorithm.SHA384, now=NOW, timeout=300)
+    evidence = {
+        "tdx": {
+            "quote": {"body": {name: os.urandom(48).hex() for name in ("mr_td", "rtmr_0", "rtmr_1")}},
+            "td_attributes": {"debug": False},
+            "tcb_status": "UpToDate",
+        },
+        "report_data": os.urandom(48).hex() + "00" * 16,
+    }
+    claims = {"exp": int(NOW) + 300, "submods": {"cpu0": {"ear.veraison.annotated-evidence": evidence}}}
+    attested = state.with_claims(claims)
+    cookie = sealer.seal(attested)
+    raw = base64.urlsafe_b64decode(cookie.removeprefix("v1.") + "==")
+    plain = AESGCM(key).decrypt(raw[:12], raw[12:], session_module._AAD)
+    assert plain[0] == 0x58 and plain[1] & 0x20  # zlib, 8 KiB window, FDICT
+    assert int.from_bytes(plain[2:6], "big") == 0x17633033
+    text = zlib.decompressobj(zlib.MAX_WBITS, dictionary).decompress(plain)
+    assert json.loads(text)["claims"] == claims
+    assert len(plain) < len(zlib.compress(text, 1))  # the dictionary pays for itself
+    # Another replica opens it; one sealed with a dictionary it lacks is refused as forged.
+    assert SessionSealer(key).open(cookie, now=NOW).claims == claims
+    other = zlib.compressobj(1, zlib.DEFLATED, 13, 8, zlib.Z_DEFAULT_STRATEGY, b"another dictionary")
+    foreign = _sealed_plain(key, other.compress(text) + other.flush())
+    with pytest.raises(SessionError, match="does not authenticate"):
+        SessionSealer(key).open(foreign, now=NOW)
+    # A deflate stream cut short (as only a bug could seal it) is refused, not half-read.
+    truncated = _sealed_plain(key, plain[: len(plain) // 2])
+    with pytest.raises(SessionError, match="does not authenticate"):
+        SessionSealer(key).open(truncated, now=NOW)
 
 
 def test_recent_cookies_are_bounded() -> None:
