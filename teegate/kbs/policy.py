@@ -199,46 +199,73 @@ class PolicyVm(enum.Enum):
     OFF = "off"
 
 
-#: What each built-in resource policy reads of its input (the token claims), as a tree: a key
-#: names the subtree kept below it, ``"*"`` every key of an object, ``True`` the value whole;
-#: where the input is not an object the tree expects, the value is kept whole. regorus then
-#: parses the few hundred bytes a policy looks at rather than the whole annotated evidence,
-#: and answers as it would over the full claims (test_resource_projection.py compares verdicts
-#: and reasons over generated claims). Bound to the built-in's exact text (its digest): an
-#: edited or custom policy gets the full claims.
-_RESOURCE_INPUT_READS: Final[Mapping[str, Mapping[str, Any]]] = {
-    "default": {"submods": {"*": {"ear.status": True}}},
-    "affirming": {"submods": {"*": {"ear.status": True}}},
-    "trustee-default": {"submods": {"cpu0": {"ear.veraison.annotated-evidence": {"sample": True}}}},
-    "allow-all": {},
-    "deny-all": {},
-    "dev": {
-        "submods": {
-            "*": {
-                "ear.status": True,
-                "ear.veraison.annotated-evidence": {
-                    "sample": True,
-                    "tdx": {"simulated": True},
-                    "sgx": {"simulated": True},
-                    "runtime_data_claims": {"tee-pubkey": True},
-                },
+#: What each built-in policy reads of its input, as a tree: a key names the subtree kept below
+#: it, ``"*"`` every key of an object, ``True`` the value whole; where the input is not an
+#: object the tree expects, the value is kept whole. regorus then parses the part a policy looks
+#: at (a few hundred bytes) rather than every claim, and answers as it would over the whole
+#: input (test_policy_projection.py compares verdicts, trust vectors, extensions and reasons over
+#: generated claims, on the VM and the interpreter). Bound to the built-in's exact text (its
+#: digest): an edited or custom policy gets the whole input.
+_TDX_READS: Final[Mapping[str, Any]] = {
+    "quote": {
+        "header": {"tee_type": True, "vendor_id": True},
+        "body": {"mr_td": True, "rtmr_1": True, "rtmr_2": True, "xfam": True},
+    },
+    "collateral_expiration_status": True,
+    "tcb_status": True,
+    "td_attributes": True,
+    "uefi_event_logs": True,
+}
+_SGX_READS: Final[Mapping[str, Any]] = {
+    "header": {"vendor_id": True},
+    "body": {"attributes.flags": True, "mr_enclave": True, "mr_signer": True, "isv_prod_id": True},
+    "collateral_expiration_status": True,
+    "tcb_status": True,
+}
+_CPU_POLICY_READS: Final[Mapping[str, Any]] = {
+    "sample": True,
+    "tdx": _TDX_READS,
+    "sgx": _SGX_READS,
+    "init_data_claims": {"agent_policy_claims": {"containers": True}},
+}
+_AFFIRMING_READS: Final[Mapping[str, Any]] = {"submods": {"*": {"ear.status": True}}}
+_INPUT_READS: Final[Mapping[PolicyKind, Mapping[str, Mapping[str, Any]]]] = {
+    PolicyKind.ATTESTATION: {"default_cpu": _CPU_POLICY_READS, "strict_cpu": _CPU_POLICY_READS},
+    PolicyKind.RESOURCE: {
+        "default": _AFFIRMING_READS,
+        "affirming": _AFFIRMING_READS,
+        "trustee-default": {"submods": {"cpu0": {"ear.veraison.annotated-evidence": {"sample": True}}}},
+        "allow-all": {},
+        "deny-all": {},
+        "dev": {
+            "submods": {
+                "*": {
+                    "ear.status": True,
+                    "ear.veraison.annotated-evidence": {
+                        "sample": True,
+                        "tdx": {"simulated": True},
+                        "sgx": {"simulated": True},
+                        "runtime_data_claims": {"tee-pubkey": True},
+                    },
+                }
             }
-        }
+        },
     },
 }
 
 
 @functools.cache
-def _resource_input_reads() -> dict[str, Mapping[str, Any]]:
-    """Built-in resource policy digest → what it reads of its input."""
+def _input_reads() -> dict[tuple[PolicyKind, str], Mapping[str, Any]]:
+    """(kind, built-in policy digest) → what that policy reads of its input."""
     return {
-        hashlib.sha384(builtin_policy_text(PolicyKind.RESOURCE, name).encode("utf-8")).hexdigest(): reads
-        for name, reads in _RESOURCE_INPUT_READS.items()
+        (kind, hashlib.sha384(builtin_policy_text(kind, name).encode("utf-8")).hexdigest()): reads
+        for kind, table in _INPUT_READS.items()
+        for name, reads in table.items()
     }
 
 
 def project_input(value: Any, reads: Mapping[str, Any]) -> Any:
-    """The part of ``value`` a policy that reads ``reads`` can see (see _RESOURCE_INPUT_READS)."""
+    """The part of ``value`` a policy that reads ``reads`` can see (see _INPUT_READS)."""
     if not isinstance(value, dict):
         return value
     wildcard = reads.get("*")
@@ -564,10 +591,8 @@ class _Compiled:
         self.policy_id = policy_id
         self.version = version
         self.digest = hashlib.sha384(text.encode("utf-8")).hexdigest()
-        #: What of its input this policy reads, when it is a built-in resource policy (None: all).
-        self.input_reads: Mapping[str, Any] | None = (
-            _resource_input_reads().get(self.digest) if kind is PolicyKind.RESOURCE else None
-        )
+        #: What of its input this policy reads, when it is a built-in (None: all of it).
+        self.input_reads: Mapping[str, Any] | None = _input_reads().get((kind, self.digest))
         self.lock = threading.Lock()
         self._lookup = _RvLookup()
         self._data: dict[str, Any] | None = None  # the data document the engine holds now
@@ -1098,17 +1123,19 @@ class PolicyEngine:
         requested = (policy_ids or [DEFAULT_ATTESTATION_POLICY])[0]
         compiled = await self._attestation_policy(requested, tee_class)
         evidence = _transform_claims(tee, claims, init_data_claims, runtime_data_claims)
+        reads = compiled.input_reads
+        policy_input = evidence if reads is None else project_input(evidence, reads)
         rules = [_TRUST_CLAIMS_RULE]
         if compiled.has_extensions:
             rules.append(_EXTENSIONS_RULE)
-        results, values = await self._evaluate(compiled, evidence, {}, rules)
+        results, values = await self._evaluate(compiled, policy_input, {}, rules)
         set_claims = _parse_trust_claims(compiled.policy_id, results.get(_TRUST_CLAIMS_RULE))
         extensions = _parse_extensions(compiled.policy_id, results.get(_EXTENSIONS_RULE))
         vector = {py: set_claims.get(py, 0) for _, py in AR4SI_CLAIMS}
         status = status_from_trust_vector(set_claims)
         if explain and compiled.has_reasons and status != "affirming":
             # Explanations cost an evaluation; only a refusal needs one.
-            more, values = await self._evaluate(compiled, evidence, {}, [_REASONS_RULE], values)
+            more, values = await self._evaluate(compiled, policy_input, {}, [_REASONS_RULE], values)
             results.update(more)
         explanation: dict[str, Any] = {
             "policy": compiled.policy_id,

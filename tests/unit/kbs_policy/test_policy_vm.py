@@ -436,8 +436,9 @@ async def test_built_in_policy_compiled_line_names_the_evaluator(
 async def test_input_the_vm_cannot_take_is_answered_by_the_interpreter(
     store: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Init data nested deeper than the VM's JSON reader goes (a guest can send that): this one
-    evaluation falls to the interpreter, and the policy stays on the VM for the next."""
+    """Init data nested deeper than the VM's JSON reader goes (a guest can send that), where the
+    policy reads it (the Kata agent policy's containers): this one evaluation falls to the
+    interpreter, and the policy stays on the VM for the next."""
     vm, interp = _engines(store)
     await vm.rvps.register(rv_message(TDX_RVS))
     nested: dict[str, Any] = {}
@@ -445,8 +446,9 @@ async def test_input_the_vm_cannot_take_is_answered_by_the_interpreter(
         nested = {"n": nested}
     with caplog.at_level(logging.WARNING, logger="teegate.kbs.policy"):
         for _ in range(2):
-            fast = await _appraise(vm, "tdx", tdx_claims(), {"deep": nested}, "default")
-            slow = await _appraise(interp, "tdx", tdx_claims(), {"deep": nested}, "default")
+            deep = {"agent_policy_claims": {"containers": [nested]}}
+            fast = await _appraise(vm, "tdx", tdx_claims(), deep, "default")
+            slow = await _appraise(interp, "tdx", tdx_claims(), deep, "default")
             assert fast == slow
     assert sum("could not answer" in r.getMessage() for r in caplog.records) == 1
     (compiled,) = _compiled(vm)
