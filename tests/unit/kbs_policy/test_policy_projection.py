@@ -84,16 +84,19 @@ def _claims(odd: bool) -> st.SearchStrategy[Any]:
 _PATHS = st.sampled_from([["default", "tdx-vm-disk", "passphrase"], ["repo", "type", "tag"]])
 
 
-@pytest.fixture(scope="module")
-def compiled() -> dict[tuple[str, PolicyVm], _Compiled]:
-    """Each built-in resource policy on the VM and on the interpreter."""
+def _builtins(kind: PolicyKind) -> dict[tuple[str, PolicyVm], _Compiled]:
+    """Each built-in policy of ``kind`` on the VM and on the interpreter."""
+    names = RESOURCE_BUILTINS if kind is PolicyKind.RESOURCE else ATTESTATION_BUILTINS
     return {
-        (name, mode): _Compiled(
-            PolicyKind.RESOURCE, name, None, builtin_policy_text(PolicyKind.RESOURCE, name), mode
-        )
-        for name in RESOURCE_BUILTINS
+        (name, mode): _Compiled(kind, name, None, builtin_policy_text(kind, name), mode)
+        for name in names
         for mode in (PolicyVm.BUILTIN, PolicyVm.OFF)
     }
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[tuple[str, PolicyVm], _Compiled]:
+    return _builtins(PolicyKind.RESOURCE)
 
 
 def _answers(policy: _Compiled, value: Any, path: list[str]) -> dict[str, Any]:
@@ -369,14 +372,7 @@ def _evidence(odd: bool) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def attestation() -> dict[tuple[str, PolicyVm], _Compiled]:
-    """Each built-in attestation policy on the VM and on the interpreter."""
-    return {
-        (name, mode): _Compiled(
-            PolicyKind.ATTESTATION, name, None, builtin_policy_text(PolicyKind.ATTESTATION, name), mode
-        )
-        for name in ATTESTATION_BUILTINS
-        for mode in (PolicyVm.BUILTIN, PolicyVm.OFF)
-    }
+    return _builtins(PolicyKind.ATTESTATION)
 
 
 def _appraisal(policy: _Compiled, value: Any, values: dict[str, Any]) -> dict[str, Any]:
