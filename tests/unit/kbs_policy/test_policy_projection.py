@@ -129,9 +129,36 @@ def test_every_builtin_policy_has_its_reads_bound_to_its_text(
     assert _Compiled(PolicyKind.RESOURCE, "resource-policy", 3, text).input_reads is None
     text = builtin_policy_text(PolicyKind.ATTESTATION, "default_cpu") + "\n# edited\n"
     assert _Compiled(PolicyKind.ATTESTATION, "default_cpu", 2, text).input_reads is None
-    # A resource policy's text as an attestation policy is not a built-in of that kind.
+    # A stored copy of a built-in (same text, any id or version) reads what the built-in reads.
     text = builtin_policy_text(PolicyKind.RESOURCE, "allow-all")
-    assert _Compiled(PolicyKind.RESOURCE, "x", None, text).input_reads == {}
+    assert _Compiled(PolicyKind.RESOURCE, "resource-policy", 7, text).input_reads == {}
+
+
+def test_an_edited_builtin_file_gets_the_whole_input_until_its_tree_is_reviewed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trees were written for the built-in texts as they are: if a .rego file changes (a new
+    field read), its projection stops until the tree and _READS_WRITTEN_FOR are updated."""
+    from teegate.kbs import policy as policy_module
+
+    original = policy_module.builtin_policy_text
+
+    def edited(kind: PolicyKind, name: str) -> str:
+        text = original(kind, name)
+        return text + "\n# reads a new field\n" if name == "default_cpu" else text
+
+    monkeypatch.setattr(policy_module, "builtin_policy_text", edited)
+    policy_module._input_reads.cache_clear()
+    try:
+        # (interpreter only: the VM's built-in check keeps its own cache of digests)
+        text = edited(PolicyKind.ATTESTATION, "default_cpu")
+        policy = _Compiled(PolicyKind.ATTESTATION, "default_cpu", None, text, PolicyVm.OFF)
+        assert policy.input_reads is None
+        untouched = edited(PolicyKind.ATTESTATION, "strict_cpu")
+        policy = _Compiled(PolicyKind.ATTESTATION, "strict_cpu", None, untouched, PolicyVm.OFF)
+        assert policy.input_reads is not None
+    finally:
+        policy_module._input_reads.cache_clear()
 
 
 def test_projection_keeps_what_is_read_and_shapes_it_does_not_expect() -> None:
