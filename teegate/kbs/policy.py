@@ -275,7 +275,7 @@ def _input_reads() -> dict[tuple[PolicyKind, str], Mapping[str, Any]]:
     found: dict[tuple[PolicyKind, str], Mapping[str, Any]] = {}
     for kind, table in _INPUT_READS.items():
         for name, reads in table.items():
-            digest = hashlib.sha384(builtin_policy_text(kind, name).encode("utf-8")).hexdigest()
+            digest = _policy_digest(builtin_policy_text(kind, name))
             if digest.startswith(_READS_WRITTEN_FOR.get((kind, name), "-")):
                 found[(kind, digest)] = reads
     return found
@@ -293,11 +293,16 @@ def project_input(value: Any, reads: Mapping[str, Any]) -> Any:
     }
 
 
+def _policy_digest(text: str) -> str:
+    """A policy text's identity: SHA-384 (hex) of its UTF-8."""
+    return hashlib.sha384(text.encode("utf-8")).hexdigest()
+
+
 @functools.cache
 def _builtin_digests() -> frozenset[str]:
     texts = [builtin_policy_text(PolicyKind.ATTESTATION, n) for n in ATTESTATION_BUILTINS]
     texts += [builtin_policy_text(PolicyKind.RESOURCE, n) for n in RESOURCE_BUILTINS]
-    return frozenset(hashlib.sha384(t.encode("utf-8")).hexdigest() for t in texts)
+    return frozenset(_policy_digest(t) for t in texts)
 
 
 class PolicySyntaxError(EvidenceError):
@@ -607,7 +612,7 @@ class _Compiled:
         self.kind = kind
         self.policy_id = policy_id
         self.version = version
-        self.digest = hashlib.sha384(text.encode("utf-8")).hexdigest()
+        self.digest = _policy_digest(text)
         #: What of its input this policy reads, when it is a built-in (None: all of it).
         self.input_reads: Mapping[str, Any] | None = _input_reads().get((kind, self.digest))
         self.lock = threading.Lock()

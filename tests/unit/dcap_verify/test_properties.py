@@ -16,21 +16,14 @@ from teegate.dcap.qe_identity import parse_qe_identity
 from teegate.dcap.tcb_info import parse_tcb_info
 from teegate.errors import TeegateError
 from tests.conftest import vectors_dir
+from tests.strategies import json_values
 
 _SETS = vectors_dir() / "_collateral_sets"
 _DOCS = [json.loads((_SETS / name).read_text()) for name in sorted(p.name for p in _SETS.glob("*.json"))]
 _TCB_TEXTS = [d["tcb_info"] for d in _DOCS]
 _QE_TEXTS = [d["qe_identity"] for d in _DOCS]
 
-_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
-    max_leaves=20,
-)
+_json = json_values(max_text=12, max_items=5)
 _SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

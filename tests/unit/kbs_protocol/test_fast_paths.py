@@ -23,6 +23,7 @@ from teegate.kbs.audit import claims_digest
 from teegate.kbs.protocol import HashAlgorithm, Tee, TeePubKey, jcs_bytes, runtime_data_digest
 from teegate.kbs.session import SessionSealer, SessionState
 from teegate.kbs.token import TokenError, TokenSigner, TokenVerifier, canonical_claims, ear_claims
+from tests.strategies import json_values
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,17 +127,7 @@ def test_cached_tee_key_validation_refuses_bad_points_every_time() -> None:
 
 # --- request JSON: the compact fast path agrees with the careful parser ------------------------
 
-_JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+_JSON_VALUES = json_values(max_text=8, max_items=4)
 
 
 def _careful(data: bytes) -> Any:
